@@ -1,0 +1,1 @@
+"""TCP: segments, sequence numbers, ISNs, the peer (socket table and demux) and sockets."""

@@ -1,0 +1,1 @@
+"""Established TCP connections: the control block and its four components."""

@@ -1,0 +1,23 @@
+"""The acknowledger duty: pure ACKs, delayed or immediate (the seed's ``acknowledger``),
+plus the two probes that are ACK-shaped: zero-window probes and keep-alives carry
+SEG.SEQ = SND.UNA - 1 so that the peer must answer with its current ACK and window."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from xdpstackd.inetstack.layer4.tcp.header import ACK
+
+if TYPE_CHECKING:
+    from xdpstackd.inetstack.layer4.tcp.established.established_socket import (
+        EstablishedSocket,
+    )
+
+
+def send_ack(sock: EstablishedSocket) -> None:
+    sock.emit(ACK, sock.cb.rod.snd_nxt, b"")
+
+
+def send_probe(sock: EstablishedSocket) -> None:
+    sock.emit(ACK, sock.cb.rod.snd_una + -1, b"")
+    sock.counters["tcp_probes_sent"] += 1

@@ -1,0 +1,178 @@
+"""The control block: the four components of an established connection and the
+dispatcher that hands each event to them in one fixed order.
+
+This is where the seed's "Problem 2" (ordering) lives, written down once:
+
+* ACK of new data: ROD drops acked bytes and takes the RTT sample -> CC feeds the
+  sample to the RTO calculator and grows cwnd (reading ROD) -> FC updates SND.WND ->
+  CM learns whether our FIN was acknowledged (reading ROD).
+* Text and FIN: ROD reassembles and consumes the FIN -> CM moves the state.
+* Timers: acknowledger (ROD) -> retransmitter (CC backs off, then ROD goes back) ->
+  persist (FC) -> TIME_WAIT / keep-alive (CM).
+
+Handlers mutate only their own component and return ``actions`` flags; the dispatcher
+ORs them and ``EstablishedSocket`` carries them out. Nothing here sends or reads a clock.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from xdpstackd.inetstack.config import TcpConfig
+from xdpstackd.inetstack.layer4.tcp.established import actions as A
+from xdpstackd.inetstack.layer4.tcp.established.congestion_control_state import (
+    CongestionControl,
+)
+from xdpstackd.inetstack.layer4.tcp.established.connection_management import (
+    ConnectionManagement,
+    State,
+)
+from xdpstackd.inetstack.layer4.tcp.established.flow_control import FlowControl
+from xdpstackd.inetstack.layer4.tcp.established.ordered_delivery import OrderedDelivery
+from xdpstackd.inetstack.layer4.tcp.header import TcpHeader
+from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
+
+
+def segment_acceptable(seq: SeqNumber, seg_len: int, rcv_nxt: SeqNumber, rcv_wnd: int) -> bool:
+    """RFC 9293 3.10.7.4, the four-case acceptability test."""
+    off = seq.distance(rcv_nxt)
+    if seg_len == 0:
+        if rcv_wnd == 0:
+            return off == 0
+        return 0 <= off < rcv_wnd
+    if rcv_wnd == 0:
+        return False
+    end = off + seg_len - 1
+    return (0 <= off < rcv_wnd) or (0 <= end < rcv_wnd)
+
+
+class ControlBlock:
+    __slots__ = ("cc", "cm", "config", "fc", "rod")
+
+    def __init__(
+        self,
+        cm: ConnectionManagement,
+        rod: OrderedDelivery,
+        fc: FlowControl,
+        cc: CongestionControl,
+        config: TcpConfig,
+    ) -> None:
+        self.cm = cm
+        self.rod = rod
+        self.fc = fc
+        self.cc = cc
+        self.config = config
+
+    # -- network events -------------------------------------------------------------------
+    def on_segment(self, hdr: TcpHeader, payload: memoryview, now: float) -> int:
+        """One segment for this connection, RFC 9293 3.10.7.4 in its order of steps."""
+        cm, rod, fc = self.cm, self.rod, self.fc
+        state = cm.state
+        if state is State.CLOSED:
+            return A.NONE
+        flags = hdr.flags
+        seq = hdr.seq_num
+        rst = flags & 0x04
+        syn = flags & 0x02
+        fin = flags & 0x01
+        seg_len = len(payload) + (1 if syn else 0) + (1 if fin else 0)
+        rcv_wnd = fc.rcv_wnd(rod.rcv_nxt)
+
+        # first: sequence number acceptability
+        if not segment_acceptable(seq, seg_len, rod.rcv_nxt, rcv_wnd):
+            return A.NONE if rst else A.ACK_NOW
+        # second: RST, accepted only exactly at RCV.NXT (RFC 5961 3.2)
+        if rst:
+            if seq == rod.rcv_nxt:
+                return cm.on_reset(errno.ECONNRESET)
+            return A.CHALLENGE_ACK
+        # fourth: SYN in a synchronized state -> challenge ACK (RFC 5961 4.2)
+        if syn:
+            return A.CHALLENGE_ACK
+        # fifth: the ACK field
+        if not flags & 0x10:
+            return A.NONE
+        cm.on_segment_received(now)
+        actions = self._on_ack_field(hdr, payload, now)
+        if actions & (A.CLOSED | A.DROP):
+            return actions & ~A.DROP
+        # seventh/eighth: text and FIN
+        if payload or fin:
+            if cm.receiving:
+                actions |= rod.on_data(seq, payload, bool(fin), rcv_wnd, fc.mss)
+                if actions & A.EOF_RECEIVED:
+                    actions |= cm.on_fin_received(now)
+            elif fin and cm.state is State.TIME_WAIT:
+                actions |= cm.on_fin_received(now)  # retransmitted FIN: ACK, restart 2MSL
+            else:
+                actions |= A.ACK_NOW  # data after the peer's FIN: ignore, re-ACK
+        return actions
+
+    def _on_ack_field(self, hdr: TcpHeader, payload: memoryview, now: float) -> int:
+        """Fifth step. ``A.DROP`` in the result means the segment goes no further."""
+        rod, cc, fc, cm = self.rod, self.cc, self.fc, self.cm
+        ack = hdr.ack_num
+        una = rod.snd_una
+        if una < ack and not (rod.snd_max < ack):
+            flight_before = rod.bytes_in_flight
+            actions = rod.on_ack(ack, now, cc.rto_s)  # 1. ROD
+            actions |= cc.on_ack(rod, max(flight_before, rod.last_acked_bytes), now)  # 2. CC
+            if rod.retransmit_deadline is not None:  # re-arm with the freshly sampled RTO
+                rod.restart_retransmit_timer(now, cc.rto_s)
+            actions |= fc.on_ack(hdr, rod)  # 3. FC
+            if rod.fin_acked and cm.state in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
+                actions |= cm.on_fin_acked(now)  # 4. CM
+            return actions
+        if ack == una:
+            dup = (
+                not payload
+                and not hdr.flags & 0x01
+                and rod.snd_max != una
+                and fc.window_unchanged(hdr)
+            )
+            actions = fc.on_ack(hdr, rod)
+            if dup:
+                actions |= cc.on_dup_ack(rod, now)
+            return actions
+        if rod.snd_max < ack:
+            return A.DROP | A.ACK_NOW  # acks something not yet sent (RFC 9293): ACK and drop
+        # an old ACK: within MAX.SND.WND behind SND.UNA it is merely ignored (RFC 5961 5.2)
+        if una.distance(ack) > fc.max_snd_wnd:
+            return A.DROP | A.CHALLENGE_ACK
+        return A.NONE
+
+    def on_timer(self, now: float) -> int:
+        rod, cc, fc, cm = self.rod, self.cc, self.fc, self.cm
+        actions = A.NONE
+        if rod.ack_deadline is not None and now >= rod.ack_deadline:
+            actions |= A.ACK_NOW  # the acknowledger's duty
+        if rod.retransmit_deadline is not None and now >= rod.retransmit_deadline:
+            if rod.timeouts >= self.config.retries2:
+                rod.retransmit_deadline = None
+                return actions | A.TIMED_OUT | cm.on_reset(errno.ETIMEDOUT)
+            cc.on_rto(rod, now)  # back off first, so ROD re-arms with the new RTO
+            rod.on_rto(now, cc.rto_s)
+            actions |= A.GO_BACK | A.SEND
+        fa = fc.on_timer(now, cc)
+        if fa & A.TIMED_OUT:
+            return actions | A.TIMED_OUT | cm.on_reset(errno.ETIMEDOUT)
+        actions |= fa
+        ca = cm.on_timer(now)
+        if ca & A.TIMED_OUT:
+            return actions | A.TIMED_OUT | A.SEND_RST | cm.on_reset(errno.ETIMEDOUT)
+        return actions | ca
+
+    def next_deadline(self) -> float | None:
+        best = self.rod.next_deadline()
+        for d in (self.fc.probe_deadline, self.cm.next_deadline()):
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        return {
+            "connection_management": self.cm.snapshot(),
+            "ordered_delivery": self.rod.snapshot(),
+            "flow_control": self.fc.snapshot(),
+            "congestion_control": self.cc.snapshot(),
+        }

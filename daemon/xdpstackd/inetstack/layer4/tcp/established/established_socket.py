@@ -1,0 +1,397 @@
+"""An established connection: the control block plus what the application is waiting
+for (pending pops and pushes), and the executor of the dispatcher's actions.
+
+``ControlBlock`` decides; this class does: it emits segments through the peer's
+outbox, completes queue tokens, and runs the three duties (sender, retransmitter,
+acknowledger) in the fixed order of ``_carry_out``.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from xdpstackd.inetstack.completion import Completion, OpCode
+from xdpstackd.inetstack.config import TcpConfig
+from xdpstackd.inetstack.counters import Counters
+from xdpstackd.inetstack.layer4.tcp.established import actions as A
+from xdpstackd.inetstack.layer4.tcp.established.acknowledger import send_ack, send_probe
+from xdpstackd.inetstack.layer4.tcp.established.congestion_control import make_algorithm
+from xdpstackd.inetstack.layer4.tcp.established.congestion_control_state import (
+    CongestionControl,
+)
+from xdpstackd.inetstack.layer4.tcp.established.connection_management import (
+    ConnectionManagement,
+    State,
+)
+from xdpstackd.inetstack.layer4.tcp.established.ctrlblk import ControlBlock
+from xdpstackd.inetstack.layer4.tcp.established.flow_control import FlowControl
+from xdpstackd.inetstack.layer4.tcp.established.ordered_delivery import OrderedDelivery
+from xdpstackd.inetstack.layer4.tcp.established.retransmitter import retransmit_head
+from xdpstackd.inetstack.layer4.tcp.established.rto import RtoCalculator
+from xdpstackd.inetstack.layer4.tcp.established.sender import send_pending
+from xdpstackd.inetstack.layer4.tcp.header import ACK, RST, TcpHeader, build_tcp
+from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
+
+if TYPE_CHECKING:
+    from xdpstackd.inetstack.layer4.tcp.socket import SocketOptions
+
+Outbox = list[tuple[int, int, bytes]]
+
+
+class ChallengeAckLimiter:
+    """RFC 5961 7: at most ``limit_per_s`` challenge ACKs per second, stack-wide."""
+
+    __slots__ = ("count", "limit_per_s", "window_start")
+
+    def __init__(self, limit_per_s: int) -> None:
+        self.limit_per_s = limit_per_s
+        self.window_start = float("-inf")
+        self.count = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self.window_start >= 1.0:
+            self.window_start = now
+            self.count = 0
+        self.count += 1
+        return self.count <= self.limit_per_s
+
+
+class EstablishedSocket:
+    is_handshake = False
+
+    __slots__ = (
+        "_acked_this_round",
+        "cb",
+        "close_requested",
+        "completions",
+        "conn_id",
+        "config",
+        "counters",
+        "limiter",
+        "local",
+        "on_released",
+        "outbox",
+        "pending_pops",
+        "pending_pushes",
+        "qd",
+        "released",
+        "remote",
+        "scheduled",
+    )
+
+    def __init__(
+        self,
+        cb: ControlBlock,
+        *,
+        config: TcpConfig,
+        outbox: Outbox,
+        completions: list[Completion],
+        counters: Counters,
+        limiter: ChallengeAckLimiter,
+        on_released: Callable[[EstablishedSocket], None],
+    ) -> None:
+        self.cb = cb
+        self.config = config
+        self.local = cb.cm.local
+        self.remote = cb.cm.remote
+        self.outbox = outbox
+        self.completions = completions
+        self.counters = counters
+        self.limiter = limiter
+        self.on_released = on_released
+        self.qd: int | None = None
+        self.pending_pops: deque[tuple[int, int | None]] = deque()
+        self.pending_pushes: deque[list] = deque()  # [qt, data, offset]
+        self.close_requested = False
+        self.released = False
+        self._acked_this_round = False
+        self.scheduled: float | None = None  # deadline the peer's timer heap holds for us
+        self.conn_id = 0
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        config: TcpConfig,
+        options: SocketOptions,
+        local: tuple[int, int],
+        remote: tuple[int, int],
+        iss: SeqNumber,
+        irs: SeqNumber,
+        peer_mss: int | None,
+        peer_wscale: int | None,
+        our_wscale: int,
+        peer_window_raw: int,
+        advertised_window: int,
+        handshake_rtt_s: float | None,
+        now: float,
+        outbox: Outbox,
+        completions: list[Completion],
+        counters: Counters,
+        limiter: ChallengeAckLimiter,
+        on_released: Callable[[EstablishedSocket], None],
+    ) -> EstablishedSocket:
+        """Build the four components from what the handshake negotiated."""
+        scaling = peer_wscale is not None
+        mss = min(peer_mss if peer_mss else 536, config.mss)  # RFC 9293 3.7.1 default
+        cm = ConnectionManagement(
+            local, remote, config, nodelay=options.nodelay, keepalive=options.keepalive, now=now
+        )
+        cm.keepalive_idle_s = options.keepidle_s
+        cm.keepalive_interval_s = options.keepintvl_s
+        cm.keepalive_probes = options.keepcnt
+        if options.keepalive:
+            cm.set_keepalive(True)
+        rod = OrderedDelivery(
+            iss,
+            irs,
+            send_buffer_bytes=options.send_buffer_bytes,
+            ooo_max_bytes=min(config.ooo_max_bytes, options.recv_buffer_bytes),
+        )
+        fc = FlowControl(
+            mss=mss,
+            snd_wnd=peer_window_raw,  # windows in SYNs are never scaled (RFC 7323 2.2)
+            snd_wscale=min(peer_wscale, 14) if scaling else 0,
+            rcv_wscale=our_wscale if scaling else 0,
+            rcv_buffer_bytes=options.recv_buffer_bytes,
+            snd_wl1=irs,
+            snd_wl2=iss,
+            rcv_adv=irs + 1 + advertised_window,
+            probe_max_s=config.zero_window_probe_max_s,
+            retries=config.retries2,
+        )
+        rto = RtoCalculator(config.rto_initial_s, config.rto_min_s, config.rto_max_s)
+        if handshake_rtt_s is not None:
+            rto.on_rtt_sample(handshake_rtt_s)
+        algorithm = make_algorithm(config.congestion_control, mss, config.initial_cwnd_segments)
+        cc = CongestionControl(algorithm, rto, mss, iss)
+        cb = ControlBlock(cm, rod, fc, cc, config)
+        return cls(
+            cb,
+            config=config,
+            outbox=outbox,
+            completions=completions,
+            counters=counters,
+            limiter=limiter,
+            on_released=on_released,
+        )
+
+    # -- network side -------------------------------------------------------------------
+    def receive(self, hdr: TcpHeader, payload: memoryview, now: float) -> None:
+        actions = self.cb.on_segment(hdr, payload, now)
+        if actions:
+            self._carry_out(actions, now)
+
+    def on_timer(self, now: float) -> None:
+        actions = self.cb.on_timer(now)
+        if actions:
+            self._carry_out(actions, now)
+
+    def next_deadline(self) -> float | None:
+        return None if self.released else self.cb.next_deadline()
+
+    @property
+    def state(self) -> State:
+        return self.cb.cm.state
+
+    # -- application side ---------------------------------------------------------------
+    def push(self, qt: int, data: bytes, now: float) -> None:
+        cm = self.cb.cm
+        if cm.error:
+            self._complete(OpCode.PUSH, qt, errno_=cm.error)
+            return
+        if self.close_requested or not cm.sending_allowed:
+            self._complete(OpCode.PUSH, qt, errno_=errno.EPIPE)
+            return
+        if self.pending_pushes:
+            self.pending_pushes.append([qt, data, 0])
+            return
+        taken = self.cb.rod.push(data, 0)
+        if taken == len(data):
+            self._complete(OpCode.PUSH, qt)
+        else:
+            self.pending_pushes.append([qt, data, taken])
+        if taken:
+            self._carry_out(A.SEND, now)
+
+    def pop(self, qt: int, size: int | None, now: float) -> None:
+        if self.pending_pops:
+            self.pending_pops.append((qt, size))
+            return
+        rod = self.cb.rod
+        if rod.recv_queue_bytes:
+            data = rod.pop(size)
+            self._complete(OpCode.POP, qt, data=data)
+            if self.cb.fc.window_update_due(rod) and self.cb.cm.receiving:
+                self._carry_out(A.ACK_NOW, now)
+        elif rod.eof:
+            self._complete(OpCode.POP, qt, data=b"")
+        elif self.cb.cm.error:
+            self._complete(OpCode.POP, qt, errno_=self.cb.cm.error)
+        elif self.cb.cm.state is State.CLOSED:
+            self._complete(OpCode.POP, qt, data=b"")
+        else:
+            self.pending_pops.append((qt, size))
+
+    def close(self, now: float) -> None:
+        """The descriptor is closed: graceful FIN after queued data, or RST when the
+        application leaves received data unread (as Linux's tcp_close does)."""
+        cm = self.cb.cm
+        self.qd = None
+        self._fail_pops(errno.EBADF)
+        if cm.state is State.CLOSED:
+            self._release()
+            return
+        if self.cb.rod.recv_queue_bytes and self.config.rst_on_close_with_unread:
+            self.counters["tcp_rst_close_with_unread"] += 1
+            self.abort(now, errno.ECONNABORTED)
+            return
+        cm.on_orphaned(now)
+        self.close_requested = True
+        if not self.pending_pushes:
+            self._queue_fin(now)
+
+    def shutdown_write(self, now: float) -> None:
+        """Half-close: FIN after queued data, the receive side stays open."""
+        if not self.close_requested:
+            self.close_requested = True
+            if not self.pending_pushes:
+                self._queue_fin(now)
+
+    def end_time_wait(self) -> None:
+        """A new SYN reuses this 4-tuple (RFC 6191): leave TIME_WAIT now."""
+        self.cb.cm.on_reset(0)
+        self._release()
+
+    def abort(self, now: float, errno_: int = errno.ECONNABORTED) -> None:
+        """Hard close: RST now, discard everything (RFC 9293 3.10.5 ABORT)."""
+        cm = self.cb.cm
+        if cm.state not in (State.CLOSED, State.TIME_WAIT):
+            self._send_rst()
+        self.qd = None
+        cm.on_reset(errno_)
+        self._fail_pending(errno_)
+        self._release()
+
+    # -- executing actions ----------------------------------------------------------------
+    def _queue_fin(self, now: float) -> None:
+        actions = self.cb.cm.on_close() | self.cb.rod.on_close()
+        self._carry_out(actions, now)
+
+    def _carry_out(self, actions: int, now: float) -> None:
+        """Carry out handler actions in the one fixed order."""
+        cb = self.cb
+        rod = cb.rod
+        self._acked_this_round = False
+        if actions & (A.RESET | A.TIMED_OUT):
+            err = cb.cm.error or errno.ETIMEDOUT
+            self.counters["tcp_resets_in" if actions & A.RESET else "tcp_timeouts"] += 1
+            self._fail_pending(err)
+        if actions & (A.DELIVER | A.EOF_RECEIVED) and self.pending_pops:
+            actions |= self._complete_pops()
+        if actions & A.SPACE and self.pending_pushes:
+            self._drain_pending_pushes(now)
+        if actions & A.SEND_RST:
+            self._send_rst()
+        elif cb.cm.state is not State.CLOSED:
+            if actions & A.RETRANSMIT:
+                retransmit_head(self, now)
+            if actions & A.SEND and (rod.send_buf or rod.fin_queued):
+                send_pending(self, now)
+            if actions & A.PROBE:
+                send_probe(self)
+            if actions & A.CHALLENGE_ACK:
+                if self.limiter.allow(now):
+                    self.counters["tcp_challenge_acks"] += 1
+                    send_ack(self)
+                else:
+                    self.counters["tcp_challenge_acks_suppressed"] += 1
+            if actions & A.ACK_NOW:
+                if not self._acked_this_round:
+                    send_ack(self)
+            elif actions & A.ACK_DELAYED and rod.rcv_acked != rod.rcv_nxt:
+                rod.arm_delayed_ack(now, self.config.delayed_ack_s)
+        if actions & A.CLOSED:
+            self._release()
+
+    def emit(self, flags: int, seq: SeqNumber, payload: bytes | memoryview) -> None:
+        """Put one segment in the outbox; every segment carries our ACK and window."""
+        cb = self.cb
+        rod = cb.rod
+        local_ip, local_port = self.local
+        remote_ip, remote_port = self.remote
+        window = cb.fc.advertise(rod) if flags & ACK else 0
+        hdr = TcpHeader(local_port, remote_port, seq, rod.rcv_nxt, flags, window)
+        self.outbox.append((local_ip, remote_ip, build_tcp(hdr, payload, local_ip, remote_ip)))
+        self.counters["tcp_segments_out"] += 1
+        if flags & ACK:
+            rod.on_ack_sent()
+            self._acked_this_round = True
+
+    def _send_rst(self) -> None:
+        rod = self.cb.rod
+        local_ip, local_port = self.local
+        remote_ip, remote_port = self.remote
+        hdr = TcpHeader(local_port, remote_port, rod.snd_nxt, rod.rcv_nxt, RST | ACK, 0)
+        self.outbox.append((local_ip, remote_ip, build_tcp(hdr, b"", local_ip, remote_ip)))
+        self.counters["tcp_segments_out"] += 1
+        self.counters["tcp_resets_out"] += 1
+
+    def _complete(
+        self, opcode: OpCode, qt: int, *, data: bytes = b"", errno_: int = 0
+    ) -> None:
+        self.completions.append(
+            Completion(opcode, qt, self.qd if self.qd is not None else -1, data, None, None, errno_)
+        )
+
+    def _complete_pops(self) -> int:
+        rod = self.cb.rod
+        pops = self.pending_pops
+        while pops and (rod.recv_queue_bytes or rod.eof):
+            qt, size = pops.popleft()
+            self._complete(OpCode.POP, qt, data=rod.pop(size) if rod.recv_queue_bytes else b"")
+        if self.cb.fc.window_update_due(rod):
+            return A.ACK_NOW
+        return A.NONE
+
+    def _drain_pending_pushes(self, now: float) -> None:
+        rod = self.cb.rod
+        pushes = self.pending_pushes
+        while pushes:
+            entry = pushes[0]
+            qt, data, offset = entry
+            taken = rod.push(data, offset)
+            entry[2] = offset + taken
+            if entry[2] < len(data):
+                break
+            pushes.popleft()
+            self._complete(OpCode.PUSH, qt)
+        if not pushes and self.close_requested and not rod.fin_queued:
+            actions = self.cb.cm.on_close() | rod.on_close()
+            self._carry_out(actions | A.SEND, now)
+
+    def _fail_pops(self, errno_: int) -> None:
+        while self.pending_pops:
+            qt, _ = self.pending_pops.popleft()
+            self._complete(OpCode.POP, qt, errno_=errno_)
+
+    def _fail_pending(self, errno_: int) -> None:
+        self._fail_pops(errno_)
+        while self.pending_pushes:
+            qt = self.pending_pushes.popleft()[0]
+            self._complete(OpCode.PUSH, qt, errno_=errno_)
+
+    def _release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.on_released(self)
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        snap = self.cb.snapshot()
+        snap["connection_management"]["qd"] = self.qd
+        snap["ordered_delivery"]["pending_pops"] = len(self.pending_pops)
+        snap["ordered_delivery"]["pending_pushes"] = len(self.pending_pushes)
+        return snap

@@ -1,0 +1,69 @@
+"""The sender duty: move bytes from the send buffer onto the wire while the windows
+allow (the seed's ``background_sender``, as a function the dispatcher calls).
+
+Per segment it honours min(SND.WND, cwnd), the MSS, Nagle's algorithm (RFC 896,
+RFC 1122 4.2.3.4) unless TCP_NODELAY, and sender silly-window avoidance (RFC 9293
+3.8.6.2.1); a FIN rides on the last data segment or goes alone. When the peer's window
+is closed with data waiting and nothing in flight, it arms the persist timer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from xdpstackd.inetstack.layer4.tcp.header import ACK, FIN, PSH
+
+if TYPE_CHECKING:
+    from xdpstackd.inetstack.layer4.tcp.established.established_socket import (
+        EstablishedSocket,
+    )
+
+
+def send_pending(sock: EstablishedSocket, now: float) -> int:
+    """Transmit what the windows allow; return the number of segments sent."""
+    cb = sock.cb
+    rod, fc, cc, cm = cb.rod, cb.fc, cb.cc, cb.cm
+    mss = fc.mss
+    sent = 0
+    while True:
+        flight = rod.snd_nxt.distance(rod.snd_una)
+        buffered = len(rod.send_buf)
+        avail = buffered - flight  # bytes not yet (re)sent; negative once the FIN is out
+        if avail > 0:
+            wnd = fc.snd_wnd
+            cwnd = cc.cwnd
+            usable = (wnd if wnd < cwnd else cwnd) - flight
+            n = avail if avail < mss else mss
+            if usable < n:
+                n = usable
+            if n <= 0:
+                break
+            if n < mss and rod.snd_max.distance(rod.snd_nxt) <= 0:
+                # a short segment of new data: Nagle and silly-window avoidance
+                if n < avail:
+                    if flight > 0 and n < fc.max_snd_wnd // 2:
+                        break
+                elif flight > 0 and not cm.nodelay:
+                    break
+            last = n == avail
+            flags = ACK
+            fin = last and rod.fin_queued
+            if last:
+                flags |= PSH | (FIN if fin else 0)
+            seq = rod.snd_nxt
+            sock.emit(flags, seq, memoryview(rod.send_buf)[flight : flight + n])
+            rod.on_transmit(n, fin, now, cc.rto_s)
+            sent += 1
+        elif avail == 0 and rod.fin_queued and not rod.fin_acked:
+            sock.emit(ACK | FIN, rod.snd_nxt, b"")
+            rod.on_transmit(0, True, now, cc.rto_s)
+            sent += 1
+            break
+        else:
+            break
+    # persist timer: window closed, data waiting, nothing in flight to clock an ACK
+    if rod.snd_nxt == rod.snd_una and len(rod.send_buf) > 0 and fc.snd_wnd == 0:
+        fc.arm_probe(now, cc)
+    elif fc.probe_deadline is not None and fc.snd_wnd > 0:
+        fc.disarm_probe()
+    return sent

@@ -1,0 +1,192 @@
+"""Passive open (LISTEN and the half-open SYN_RECEIVED connections): RFC 9293 3.5 and
+3.10.7.2.
+
+A ``PassiveSocket`` answers SYNs with SYN-ACKs while its SYN backlog (half-open
+connections) and accept queue have room, and drops them otherwise, as Linux does, so
+that the client's SYN retransmission retries later. Each half-open connection is a
+``HalfOpenConnection`` with its own SYN-ACK retransmission timer; the ACK that
+completes the handshake turns it into an ``EstablishedSocket`` on the accept queue.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from xdpstackd.inetstack.layer4.tcp.header import ACK, RST, SYN, TcpHeader, TcpOptions
+from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
+
+if TYPE_CHECKING:
+    from xdpstackd.inetstack.layer4.tcp.established.established_socket import (
+        EstablishedSocket,
+    )
+    from xdpstackd.inetstack.layer4.tcp.peer import TcpPeer
+    from xdpstackd.inetstack.layer4.tcp.socket import TcpSocket
+
+
+class PassiveSocket:
+    __slots__ = ("backlog", "half_open", "local", "peer", "pending_accepts", "ready", "socket")
+
+    def __init__(self, peer: TcpPeer, socket: TcpSocket, backlog: int) -> None:
+        self.peer = peer
+        self.socket = socket
+        self.local = socket.local
+        self.backlog = backlog
+        self.half_open: dict[tuple[int, int, int, int], HalfOpenConnection] = {}
+        self.ready: deque[EstablishedSocket] = deque()  # the accept queue
+        self.pending_accepts: deque[int] = deque()  # qts waiting for a connection
+
+    def receive(
+        self, hdr: TcpHeader, payload: memoryview, src_ip: int, dst_ip: int, now: float
+    ) -> None:
+        """A segment for no existing connection, to our port (RFC 9293 3.10.7.2)."""
+        flags = hdr.flags
+        if flags & RST:
+            return
+        if flags & ACK:
+            self.peer.send_rst_for(hdr, len(payload), (dst_ip, hdr.dst_port), (src_ip, hdr.src_port))
+            return
+        if not flags & SYN:
+            self.peer.counters["tcp_drop_listen_no_syn"] += 1
+            return
+        if len(self.ready) >= self.backlog:
+            self.peer.counters["tcp_drop_listen_overflow"] += 1
+            return
+        if len(self.half_open) >= self.peer.config.syn_backlog:
+            self.peer.counters["tcp_drop_syn_backlog_full"] += 1
+            return
+        local = (dst_ip, hdr.dst_port)
+        remote = (src_ip, hdr.src_port)
+        iss = self.peer.isn.generate(dst_ip, hdr.dst_port, src_ip, hdr.src_port, now)
+        conn = HalfOpenConnection(self, local, remote, iss, hdr, now)
+        self.half_open[(dst_ip, hdr.dst_port, src_ip, hdr.src_port)] = conn
+        self.peer.register_half_open(conn)
+        conn.send_syn_ack()
+
+    def on_established(self, est: EstablishedSocket) -> None:
+        if self.pending_accepts:
+            self.peer.complete_accept(self, self.pending_accepts.popleft(), est)
+        else:
+            self.ready.append(est)
+
+
+class HalfOpenConnection:
+    """SYN_RECEIVED on the passive side: our SYN-ACK is out, waiting for its ACK."""
+
+    is_handshake = True
+
+    __slots__ = (
+        "conn_id",
+        "deadline",
+        "irs",
+        "iss",
+        "listener",
+        "local",
+        "peer_options",
+        "peer_window_raw",
+        "released",
+        "remote",
+        "retries",
+        "rto_s",
+        "scheduled",
+        "synack_sent_at",
+    )
+
+    def __init__(
+        self,
+        listener: PassiveSocket,
+        local: tuple[int, int],
+        remote: tuple[int, int],
+        iss: SeqNumber,
+        syn: TcpHeader,
+        now: float,
+    ) -> None:
+        self.listener = listener
+        self.local = local
+        self.remote = remote
+        self.iss = iss
+        self.irs = syn.seq_num
+        self.peer_options: TcpOptions | None = syn.options
+        self.peer_window_raw = syn.window
+        self.retries = 0
+        self.rto_s = listener.peer.config.rto_initial_s
+        self.deadline = now + self.rto_s
+        self.synack_sent_at: float | None = now
+        self.scheduled: float | None = None
+        self.released = False
+        self.conn_id = 0
+
+    state = "SYN_RECEIVED"
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.local[0], self.local[1], self.remote[0], self.remote[1])
+
+    def send_syn_ack(self) -> None:
+        peer = self.listener.peer
+        peer.send_syn(self.local, self.remote, self.iss, self.irs + 1, self.listener.socket.options)
+
+    def receive(self, hdr: TcpHeader, payload: memoryview, now: float) -> None:
+        flags = hdr.flags
+        peer = self.listener.peer
+        if flags & RST:
+            # RFC 9293 3.10.7.4 / RFC 5961: only an RST at RCV.NXT ends the attempt
+            if hdr.seq_num == self.irs + 1:
+                self.drop()
+            return
+        if flags & SYN:
+            if not flags & ACK and hdr.seq_num == self.irs:
+                peer.counters["tcp_syn_duplicates"] += 1
+                self.send_syn_ack()  # the peer did not see our SYN-ACK
+            else:
+                peer.send_ack_raw(self.local, self.remote, self.iss + 1, self.irs + 1)
+            return
+        if not flags & ACK:
+            return
+        if hdr.ack_num != self.iss + 1:
+            peer.send_rst_for(hdr, len(payload), self.local, self.remote)
+            return
+        if hdr.seq_num != self.irs + 1 and not payload:
+            peer.send_ack_raw(self.local, self.remote, self.iss + 1, self.irs + 1)
+            return
+        if len(self.listener.ready) >= self.listener.backlog:
+            # accept queue full: ignore the ACK; our SYN-ACK retransmission retries
+            peer.counters["tcp_drop_accept_queue_full"] += 1
+            return
+        peer.passive_open_established(self, hdr, payload, now)
+
+    def on_timer(self, now: float) -> None:
+        if now < self.deadline:
+            return
+        config = self.listener.peer.config
+        if self.retries >= config.synack_retries:
+            self.listener.peer.counters["tcp_synack_timeouts"] += 1
+            self.drop()
+            return
+        self.retries += 1
+        self.synack_sent_at = None
+        self.rto_s = min(self.rto_s * 2, config.rto_max_s)
+        self.deadline = now + self.rto_s
+        self.listener.peer.counters["tcp_synack_retransmits"] += 1
+        self.send_syn_ack()
+
+    def drop(self) -> None:
+        self.listener.half_open.pop(self.key, None)
+        self.listener.peer.release_connection(self)
+
+    def next_deadline(self) -> float | None:
+        return None if self.released else self.deadline
+
+    def handshake_rtt(self, now: float) -> float | None:
+        return None if self.synack_sent_at is None else now - self.synack_sent_at
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        return {
+            "connection_management": {
+                "state": self.state,
+                "local": self.local,
+                "remote": self.remote,
+                "synack_retries": self.retries,
+                "rto_s": self.rto_s,
+            }
+        }
