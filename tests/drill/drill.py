@@ -1203,25 +1203,27 @@ class Drill:
             self._fail(f"{name} is in state {got}, expected {want.upper()}")
 
     def state_of(self, name: str) -> str:
-        """RFC 9293 state of a named connection; ``CLOSED`` once the stack forgot it."""
+        """RFC 9293 state of a named socket: ``LISTEN`` for a listener, the connection's
+        state (also after ``close``, while it lingers), ``CLOSED`` once the stack forgot it.
+        """
         sock = self._sock(name)
         if sock.kind == "listener":
             return "LISTEN"
         try:
-            snap = self.peer.snapshot(sock.qd)
-        except OSError:
+            snap: dict[str, Any] | None = self.peer.snapshot(sock.qd)
+        except OSError:  # the descriptor is gone (closed); the connection may linger
             snap = None
-        if snap is None:
+        if snap is None or "connection_management" not in snap:
             snap = self._find_connection()
         if snap is None:
             return "CLOSED"
-        state = snap.get("connection_management", {}).get("state")
-        return str(state).rsplit(".", 1)[-1].upper() if state is not None else "CLOSED"
+        state = snap["connection_management"].get("state")
+        return str(state).rsplit(".", 1)[-1].upper()
 
     def _find_connection(self) -> dict[str, Any] | None:
         """This script's connection in ``peer.connections()``, found by its 4-tuple."""
-        local = (LOCAL_IP_INT, self.local_port)
-        remote = (REMOTE_IP_INT, self.remote_port)
+        local = (LOCAL_IP, self.local_port)
+        remote = (REMOTE_IP, self.remote_port)
         for conn in self.peer.connections():
             cm = conn.get("connection_management", {})
             if tuple(cm.get("local", ())) == local and tuple(cm.get("remote", ())) == remote:

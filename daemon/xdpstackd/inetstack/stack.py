@@ -277,9 +277,7 @@ class InetStack:
         else:
             self.counters["ipv4_drop_no_route"] += 1
             return
-        packet = build_ipv4(
-            src, dst, protocol, payload, ttl=self._ttl, identification=self._ip_id
-        )
+        packet = build_ipv4(src, dst, protocol, payload, ttl=self._ttl, identification=self._ip_id)
         self._ip_id = (self._ip_id + 1) & 0xFFFF
         self.counters["ipv4_packets_out"] += 1
         self.arp.send(next_hop, ETHERTYPE_IPV4, packet, now)

@@ -200,15 +200,20 @@ def bulk_transfer(
     accept_qt = server_stack.accept(listener)
     client_qd = client_stack.socket()
     connect_qt = client_stack.connect(client_qd, (server_stack.ip_str, port), net.now)
-    endpoints: list[StreamEndpoint] = []
+    # Queue tokens are per stack: each host routes its completions to its own endpoint.
+    client_endpoints: list[StreamEndpoint] = []
+    server_endpoints: list[StreamEndpoint] = []
 
-    def route(completion: Completion) -> None:
-        for endpoint in endpoints:
-            if endpoint.on_completion(completion):
-                return
+    def route_client(completion: Completion) -> None:
+        for endpoint in client_endpoints:
+            endpoint.on_completion(completion)
 
-    net.on_completion(client, route)
-    net.on_completion(server, route)
+    def route_server(completion: Completion) -> None:
+        for endpoint in server_endpoints:
+            endpoint.on_completion(completion)
+
+    net.on_completion(client, route_client)
+    net.on_completion(server, route_server)
     connected = net.run_until(
         lambda: net.completion(client, connect_qt) is not None
         and net.completion(server, accept_qt) is not None,
@@ -226,13 +231,14 @@ def bulk_transfer(
     server_end = StreamEndpoint(
         server_stack, accept.new_qd, clock, send_data=down, expect_bytes=up_bytes, closer=False
     )
-    endpoints.extend((client_end, server_end))
+    client_endpoints.append(client_end)
+    server_endpoints.append(server_end)
     client_end.start()
     server_end.start()
     finished = net.run_until(lambda: client_end.done and server_end.done, timeout_s)
     server_stack.close(listener, net.now)
-    net.remove_completion_callback(client, route)
-    net.remove_completion_callback(server, route)
+    net.remove_completion_callback(client, route_client)
+    net.remove_completion_callback(server, route_server)
     if not finished:
         errors.append(
             f"timeout after {timeout_s} s virtual: client got {client_end.received_bytes}/"

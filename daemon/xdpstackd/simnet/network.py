@@ -84,6 +84,7 @@ class LinkStats:
     frames_duplicated: int = 0
     frames_corrupted: int = 0
     frames_reordered: int = 0
+    frames_filtered: int = 0  # dropped by a test's drop_filter
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
@@ -108,6 +109,9 @@ class LinkDirection:
         self.dst = dst
         self.dst_port = dst_port
         self.stats = LinkStats()
+        #: A test hook for scripted faults: ``drop_filter(frame, now) -> True`` drops the
+        #: frame before any random impairment (and without drawing from the RNG).
+        self.drop_filter: Callable[[bytes, float], bool] | None = None
         self._busy_until_s = 0.0
         self._queue: deque[tuple[float, int]] = deque()  # (departure time, bytes)
         self._queued_bytes = 0
@@ -119,6 +123,9 @@ class LinkDirection:
         rng = self.rng
         stats.frames_sent += 1
         stats.bytes_sent += len(frame)
+        if self.drop_filter is not None and self.drop_filter(frame, now):
+            stats.frames_filtered += 1
+            return
         if imp.loss and rng.random() < imp.loss:
             stats.frames_dropped += 1
             return

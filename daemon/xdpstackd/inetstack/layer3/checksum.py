@@ -1,34 +1,24 @@
 """The internet checksum (RFC 1071) and the TCP/UDP pseudo-header (RFC 9293 3.1).
 
-Summing 16-bit words through ``memoryview.cast("H")`` is the fastest pure-Python way:
-it sums in native (little-endian) order, and one's-complement sums are byte-order
-independent (RFC 1071 2.B), so we swap the folded result once at the end.
+The one's-complement sum of 16-bit words is the data, read as one big-endian integer,
+modulo 0xFFFF (since 2**16 == 1 mod 0xFFFF, every word's place value folds to 1): one
+``int.from_bytes`` and one ``%`` in C, several times faster than summing words in
+Python. The only care needed is the two zeros of one's complement: a folded sum is 0
+only when every word is 0, otherwise a multiple of 0xFFFF folds to 0xFFFF.
 """
 
 from __future__ import annotations
 
-import sys
-
-_LITTLE = sys.byteorder == "little"
-
 
 def ones_complement_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     """The folded 16-bit one's-complement sum of ``data`` (network order), plus ``initial``."""
-    mv = memoryview(data)
-    n = len(mv)
-    if n & 1:
-        total = sum(mv[: n - 1].cast("H")) if n > 1 else 0
-        last = mv[n - 1]
-        total += last if _LITTLE else last << 8
-    else:
-        total = sum(mv.cast("H")) if n else 0
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    if _LITTLE:
-        total = ((total & 0xFF) << 8) | (total >> 8)
-    total += initial
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8  # an odd trailing byte is the high half of a zero-padded word
+    value += initial
+    total = value % 0xFFFF
+    if total == 0 and value:
+        return 0xFFFF
     return total
 
 

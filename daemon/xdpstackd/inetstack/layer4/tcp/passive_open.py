@@ -44,7 +44,9 @@ class PassiveSocket:
         if flags & RST:
             return
         if flags & ACK:
-            self.peer.send_rst_for(hdr, len(payload), (dst_ip, hdr.dst_port), (src_ip, hdr.src_port))
+            self.peer.send_rst_for(
+                hdr, len(payload), (dst_ip, hdr.dst_port), (src_ip, hdr.src_port)
+            )
             return
         if not flags & SYN:
             self.peer.counters["tcp_drop_listen_no_syn"] += 1

@@ -49,8 +49,15 @@ Connection = ActiveOpenSocket | HalfOpenConnection | EstablishedSocket
 _ZERO = SeqNumber(0)
 
 _BOOL_OPTIONS = {"TCP_NODELAY", "SO_KEEPALIVE"}
-_SOCKOPT_ALIASES = {1: "TCP_NODELAY", 9: "SO_KEEPALIVE", 7: "SO_SNDBUF", 8: "SO_RCVBUF",
-                    4: "TCP_KEEPIDLE", 5: "TCP_KEEPINTVL", 6: "TCP_KEEPCNT"}
+_SOCKOPT_ALIASES = {
+    1: "TCP_NODELAY",
+    9: "SO_KEEPALIVE",
+    7: "SO_SNDBUF",
+    8: "SO_RCVBUF",
+    4: "TCP_KEEPIDLE",
+    5: "TCP_KEEPINTVL",
+    6: "TCP_KEEPCNT",
+}
 _MIN_BUFFER_BYTES = 4096
 _MAX_BUFFER_BYTES = 64 << 20
 
@@ -312,7 +319,9 @@ class TcpPeer:
         elif name in ("SO_SNDBUF", "SO_RCVBUF"):
             size = int(value)
             if not _MIN_BUFFER_BYTES <= size <= _MAX_BUFFER_BYTES:
-                raise OSError(errno.EINVAL, f"{name} must be {_MIN_BUFFER_BYTES}..{_MAX_BUFFER_BYTES}")
+                raise OSError(
+                    errno.EINVAL, f"{name} must be {_MIN_BUFFER_BYTES}..{_MAX_BUFFER_BYTES}"
+                )
             if name == "SO_SNDBUF":
                 opts.send_buffer_bytes = size
                 if est is not None:
@@ -402,7 +411,9 @@ class TcpPeer:
         opts = TcpOptions(mss=self.config.mss, window_scale=wscale)
         window = min(options.recv_buffer_bytes, 0xFFFF)
         flags = SYN | (ACK if ack is not None else 0)
-        hdr = TcpHeader(local[1], remote[1], iss, ack if ack is not None else _ZERO, flags, window, opts)
+        hdr = TcpHeader(
+            local[1], remote[1], iss, ack if ack is not None else _ZERO, flags, window, opts
+        )
         self._emit_raw(local[0], remote[0], hdr)
 
     def send_ack_raw(

@@ -74,7 +74,16 @@ _OPEN_STATES = (State.ESTABLISHED, State.CLOSE_WAIT)
 
 
 class TcpSocket:
-    __slots__ = ("bound", "connection", "failed_errno", "listener", "local", "options", "owns_port", "qd")
+    __slots__ = (
+        "bound",
+        "connection",
+        "failed_errno",
+        "listener",
+        "local",
+        "options",
+        "owns_port",
+        "qd",
+    )
 
     def __init__(self, qd: int, options: SocketOptions) -> None:
         self.qd = qd

@@ -72,6 +72,7 @@ class CongestionControl:
             # partial ACK: deflate by what was acked, add back one MSS, resend the head
             self.inflation = max(self.inflation - acked, 0) + self.mss
             return A.RETRANSMIT | A.SEND
+        self.inflation = 0  # limited transmit's allowance ends with the new ACK
         self.algorithm.on_ack(acked, flight_before, now, sample)
         return A.SEND
 
@@ -79,6 +80,11 @@ class CongestionControl:
         self.dup_acks += 1
         if self.in_recovery:
             self.inflation += self.mss  # each dup ACK means a segment left the network
+            return A.SEND
+        if self.dup_acks < DUP_ACK_THRESHOLD:
+            # limited transmit (RFC 3042): one new segment per early duplicate ACK keeps
+            # the ACK clock going, so a small window can still reach three duplicates
+            self.inflation = self.dup_acks * self.mss
             return A.SEND
         if self.dup_acks == DUP_ACK_THRESHOLD and self.recover < rod.snd_una:
             self.algorithm.on_congestion_event(rod.bytes_in_flight, now)
@@ -110,8 +116,17 @@ class CongestionControl:
             "fast_retransmits": self.fast_retransmits,
             "timeouts": self.timeouts_total,
         }
-        out.update({f"rto_{k}" if not k.startswith("rto") else k: v for k, v in
-                    self.rto.snapshot().items()})
-        out.update({f"cc_{k}": v for k, v in self.algorithm.snapshot().items()
-                    if k not in ("cwnd", "ssthresh")})
+        out.update(
+            {
+                f"rto_{k}" if not k.startswith("rto") else k: v
+                for k, v in self.rto.snapshot().items()
+            }
+        )
+        out.update(
+            {
+                f"cc_{k}": v
+                for k, v in self.algorithm.snapshot().items()
+                if k not in ("cwnd", "ssthresh")
+            }
+        )
         return out

@@ -34,6 +34,7 @@ _SENDING = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})
 class ConnectionManagement:
     __slots__ = (
         "error",
+        "fin_wait_2_deadline",
         "fin_wait_2_timeout_s",
         "keepalive",
         "keepalive_deadline",
@@ -49,7 +50,6 @@ class ConnectionManagement:
         "remote",
         "state",
         "time_wait_deadline",
-        "fin_wait_2_deadline",
     )
 
     def __init__(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 
 from xdpstackd.inetstack.config import TcpConfig
+from xdpstackd.inetstack.counters import Counters
 from xdpstackd.inetstack.layer4.tcp.established import actions as A
 from xdpstackd.inetstack.layer4.tcp.established.congestion_control_state import (
     CongestionControl,
@@ -47,7 +48,9 @@ def segment_acceptable(seq: SeqNumber, seg_len: int, rcv_nxt: SeqNumber, rcv_wnd
 
 
 class ControlBlock:
-    __slots__ = ("cc", "cm", "config", "fc", "rod")
+    """The four components, plus the stack's counters so every drop is counted by reason."""
+
+    __slots__ = ("cc", "cm", "config", "counters", "fc", "rod")
 
     def __init__(
         self,
@@ -56,7 +59,9 @@ class ControlBlock:
         fc: FlowControl,
         cc: CongestionControl,
         config: TcpConfig,
+        counters: Counters,
     ) -> None:
+        self.counters = counters
         self.cm = cm
         self.rod = rod
         self.fc = fc
@@ -69,6 +74,7 @@ class ControlBlock:
         cm, rod, fc = self.cm, self.rod, self.fc
         state = cm.state
         if state is State.CLOSED:
+            self.counters["tcp_drop_connection_closed"] += 1
             return A.NONE
         flags = hdr.flags
         seq = hdr.seq_num
@@ -80,17 +86,21 @@ class ControlBlock:
 
         # first: sequence number acceptability
         if not segment_acceptable(seq, seg_len, rod.rcv_nxt, rcv_wnd):
+            self.counters["tcp_drop_rst_out_of_window" if rst else "tcp_drop_out_of_window"] += 1
             return A.NONE if rst else A.ACK_NOW
         # second: RST, accepted only exactly at RCV.NXT (RFC 5961 3.2)
         if rst:
             if seq == rod.rcv_nxt:
                 return cm.on_reset(errno.ECONNRESET)
+            self.counters["tcp_rst_in_window_challenged"] += 1
             return A.CHALLENGE_ACK
         # fourth: SYN in a synchronized state -> challenge ACK (RFC 5961 4.2)
         if syn:
+            self.counters["tcp_syn_in_window_challenged"] += 1
             return A.CHALLENGE_ACK
         # fifth: the ACK field
         if not flags & 0x10:
+            self.counters["tcp_drop_no_ack_flag"] += 1
             return A.NONE
         cm.on_segment_received(now)
         actions = self._on_ack_field(hdr, payload, now)
@@ -98,8 +108,16 @@ class ControlBlock:
             return actions & ~A.DROP
         # seventh/eighth: text and FIN
         if payload or fin:
+            if cm.orphaned and payload and rod.rcv_nxt < seq + len(payload):
+                # new data for a descriptor the application closed: nobody will read
+                # it, so reset, as Linux does (its TCPAbortOnData counter)
+                self.counters["tcp_abort_on_data"] += 1
+                return actions | A.SEND_RST | cm.on_reset(errno.ECONNABORTED)
             if cm.receiving:
+                ooo_drops = rod.ooo_drops
                 actions |= rod.on_data(seq, payload, bool(fin), rcv_wnd, fc.mss)
+                if rod.ooo_drops != ooo_drops:
+                    self.counters["tcp_drop_ooo_queue_full"] += 1
                 if actions & A.EOF_RECEIVED:
                     actions |= cm.on_fin_received(now)
             elif fin and cm.state is State.TIME_WAIT:
@@ -135,9 +153,11 @@ class ControlBlock:
                 actions |= cc.on_dup_ack(rod, now)
             return actions
         if rod.snd_max < ack:
+            self.counters["tcp_drop_ack_of_unsent"] += 1
             return A.DROP | A.ACK_NOW  # acks something not yet sent (RFC 9293): ACK and drop
         # an old ACK: within MAX.SND.WND behind SND.UNA it is merely ignored (RFC 5961 5.2)
         if una.distance(ack) > fc.max_snd_wnd:
+            self.counters["tcp_drop_ack_too_old"] += 1
             return A.DROP | A.CHALLENGE_ACK
         return A.NONE
 
@@ -150,6 +170,7 @@ class ControlBlock:
             if rod.timeouts >= self.config.retries2:
                 rod.retransmit_deadline = None
                 return actions | A.TIMED_OUT | cm.on_reset(errno.ETIMEDOUT)
+            self.counters["tcp_rto_expirations"] += 1
             cc.on_rto(rod, now)  # back off first, so ROD re-arms with the new RTO
             rod.on_rto(now, cc.rto_s)
             actions |= A.GO_BACK | A.SEND

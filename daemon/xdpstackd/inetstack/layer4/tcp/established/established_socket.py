@@ -67,8 +67,8 @@ class EstablishedSocket:
         "cb",
         "close_requested",
         "completions",
-        "conn_id",
         "config",
+        "conn_id",
         "counters",
         "limiter",
         "local",
@@ -168,7 +168,7 @@ class EstablishedSocket:
             rto.on_rtt_sample(handshake_rtt_s)
         algorithm = make_algorithm(config.congestion_control, mss, config.initial_cwnd_segments)
         cc = CongestionControl(algorithm, rto, mss, iss)
-        cb = ControlBlock(cm, rod, fc, cc, config)
+        cb = ControlBlock(cm, rod, fc, cc, config, counters)
         return cls(
             cb,
             config=config,
@@ -298,6 +298,7 @@ class EstablishedSocket:
             self._send_rst()
         elif cb.cm.state is not State.CLOSED:
             if actions & A.RETRANSMIT:
+                self.counters["tcp_fast_retransmits"] += 1
                 retransmit_head(self, now)
             if actions & A.SEND and (rod.send_buf or rod.fin_queued):
                 send_pending(self, now)
@@ -340,9 +341,7 @@ class EstablishedSocket:
         self.counters["tcp_segments_out"] += 1
         self.counters["tcp_resets_out"] += 1
 
-    def _complete(
-        self, opcode: OpCode, qt: int, *, data: bytes = b"", errno_: int = 0
-    ) -> None:
+    def _complete(self, opcode: OpCode, qt: int, *, data: bytes = b"", errno_: int = 0) -> None:
         self.completions.append(
             Completion(opcode, qt, self.qd if self.qd is not None else -1, data, None, None, errno_)
         )

@@ -33,12 +33,13 @@ class OrderedDelivery:
         "fin_acked",
         "fin_queued",
         "fin_seq",
-        "iss",
         "irs",
+        "iss",
         "last_acked_bytes",
         "last_rtt_sample_s",
         "ooo",
         "ooo_bytes",
+        "ooo_drops",
         "ooo_max_bytes",
         "rcv_acked",
         "rcv_nxt",
@@ -91,6 +92,7 @@ class OrderedDelivery:
         self.ooo: list[tuple[int, SeqNumber, bytes]] = []  # (offset from IRS, seq, data)
         self.ooo_bytes = 0
         self.ooo_max_bytes = ooo_max_bytes
+        self.ooo_drops = 0  # segments not held because the out-of-order bound was reached
         self.recv_fin_seq: SeqNumber | None = None
         self.eof = False
         self.ack_deadline: float | None = None
@@ -283,6 +285,7 @@ class OrderedDelivery:
             if existing_base <= base and base + n <= existing_base + len(data):
                 return  # already held
         if self.ooo_bytes + n > self.ooo_max_bytes:
+            self.ooo_drops += 1
             return  # bound reached: the sender will retransmit it
         bisect.insort(self.ooo, (base, seq, bytes(payload)), key=lambda e: e[0])
         self.ooo_bytes += n
@@ -329,6 +332,7 @@ class OrderedDelivery:
             "recv_queue_bytes": self.recv_queue_bytes,
             "ooo_segments": len(self.ooo),
             "ooo_bytes": self.ooo_bytes,
+            "ooo_drops": self.ooo_drops,
             "recv_fin_seq": None if self.recv_fin_seq is None else self.recv_fin_seq.value,
             "eof": self.eof,
             "retransmits": self.retransmits,

@@ -51,10 +51,14 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
             if last:
                 flags |= PSH | (FIN if fin else 0)
             seq = rod.snd_nxt
+            if seq < rod.snd_max:
+                sock.counters["tcp_retransmits"] += 1  # going back over lost data after an RTO
             sock.emit(flags, seq, memoryview(rod.send_buf)[flight : flight + n])
             rod.on_transmit(n, fin, now, cc.rto_s)
             sent += 1
         elif avail == 0 and rod.fin_queued and not rod.fin_acked:
+            if rod.snd_nxt < rod.snd_max:
+                sock.counters["tcp_retransmits"] += 1
             sock.emit(ACK | FIN, rod.snd_nxt, b"")
             rod.on_transmit(0, True, now, cc.rto_s)
             sent += 1
