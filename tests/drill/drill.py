@@ -33,8 +33,8 @@ Times
 Every event line starts with a time, in seconds of virtual time:
 
 * ``0.100`` absolute; ``+0.040`` relative to the previous line's time.
-* ``*`` (outbound lines only): whenever the next segment comes, however long that takes;
-  the line's time becomes the time the segment was sent.
+* ``*`` (outbound lines only): whenever the next segment comes after the previous line
+  (waiting up to an hour of virtual time); the line's time becomes the time it was sent.
 
 Before a line runs, virtual time advances to the line's time and the core's timers run
 at each deadline on the way (``handle_timers``). Timers due at or before a line's time
@@ -52,9 +52,10 @@ Segments
 * ``SEQ`` is ``start:end(len)`` with ``len`` the payload length (SYN and FIN are not
   counted, as in packetdrill: ``S 0:0(0)``, ``F. 1:1(0)``). Inbound numbers are
   relative to the peer's ISN; outbound ones to the stack's ISN, which the runner learns
-  from the first SYN the stack sends (before that, the stack's ISN counts as 0, so
-  numbers are absolute: ``< . 0:0(0) ack 5000`` to a closed port draws
-  ``> R 5000:5000(0)``).
+  from the first SYN the stack sends for each connection (after ``connect``, or after a
+  SYN arrives while the 4-tuple has no connection or one in TIME-WAIT; retransmitted
+  SYNs must repeat it). Before that the stack's ISN counts as 0, so numbers are
+  absolute: ``< . 0:0(0) ack 5000`` to a closed port draws ``> R 5000:5000(0)``.
 * ``ack N``: inbound, relative to the stack's ISN; outbound, relative to the peer's ISN.
 * ``win N``: the raw 16-bit window field (unscaled). Inbound default: 65535.
 * ``<OPTIONS>``: comma-separated ``mss N``, ``wscale N``, ``sackOK``, ``TS val N ecr N``,
@@ -74,7 +75,8 @@ Application calls
 Sockets have names. ``OP ...`` without ``= RESULT`` starts an operation; ``OP ... =
 RESULT`` checks its result at this line's time (starting it first if none is
 outstanding), failing if it has not completed yet. ``RESULT`` is a number, ``EOF``, an
-errno name (``ECONNREFUSED``), or ``pending`` (outstanding, not completed).
+errno name (``ECONNREFUSED``), or ``pending`` (outstanding, not completed). ``=`` and
+``->`` stand between blanks (``backlog=1`` is one word).
 
 ``listen PORT [backlog=N] [-> NAME]``      socket + bind 0.0.0.0:PORT + listen (NAME: ``l``)
 ``accept L [= NAME]``                      accept on listener L; the new socket is NAME
@@ -86,7 +88,8 @@ errno name (``ECONNREFUSED``), or ``pending`` (outstanding, not completed).
 ``close NAME`` / ``abort NAME``            graceful close / RST
 ``setsockopt NAME OPTION VALUE``           e.g. ``setsockopt c TCP_NODELAY 1``
 ``expect_state NAME STATE``                RFC 9293 state, e.g. ``FIN_WAIT_2``; ``CLOSED``
-                                           when the connection no longer exists
+                                           when the connection no longer exists;
+                                           ``LISTEN`` for a listener
 
 A call that raises ``OSError`` fails the script unless the line says ``= ERRNO``.
 
@@ -109,11 +112,14 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from xdpstackd.inetstack.completion import Completion, OpCode
 from xdpstackd.inetstack.config import TcpConfig
 from xdpstackd.inetstack.counters import Counters
+
+if TYPE_CHECKING:
+    from xdpstackd.inetstack.layer4.tcp.peer import TcpPeer
 
 LOCAL_IP = "192.168.0.1"
 REMOTE_IP = "192.0.2.1"
@@ -122,6 +128,8 @@ DEFAULT_LOCAL_PORT = 8080
 DEFAULT_REMOTE_PORT = 40_000
 DEFAULT_TOLERANCE_S = 0.001
 DEFAULT_INBOUND_WINDOW = 65535
+#: The largest TCP segment an IPv4 datagram can carry (65535 - 20-byte IP header).
+MAX_TCP_SEGMENT_BYTES = 65515
 #: How long a ``*`` line waits (virtual seconds) for a segment before giving up.
 ANY_TIME_LIMIT_S = 3600.0
 #: Deadlines this close to a line's time count as due (float arithmetic on deadlines).
@@ -536,8 +544,12 @@ def _split_result(tokens: list[str]) -> tuple[list[str], str | None]:
 
 
 def _tokenize_call(text: str) -> list[str]:
-    """Split on blanks, keeping a double-quoted literal (with escapes) as one token."""
-    return re.findall(r'"(?:[^"\\]|\\.)*"|->|=|[^\s=]+', text)
+    """Split on blanks, keeping a double-quoted literal (with escapes) as one token.
+
+    ``=`` and ``->`` are tokens of their own only between blanks, so ``backlog=1`` stays
+    one token while ``pop c = 100`` has a result.
+    """
+    return re.findall(r'"(?:[^"\\]|\\.)*"|\S+', text)
 
 
 def parse_line(raw: str, where: str) -> Line | None:
@@ -645,7 +657,7 @@ class _Sock:
     read_offset: int = 0  # remote-stream bytes popped so far
 
 
-def _make_peer(config: TcpConfig) -> Any:
+def _make_peer(config: TcpConfig) -> TcpPeer:
     """Build the TcpPeer under test (imported late: the runner parses scripts without it)."""
     from xdpstackd.inetstack.layer4.tcp.peer import TcpPeer
 
@@ -668,12 +680,12 @@ class Drill:
 
     def __init__(self, config: TcpConfig | None = None, **config_overrides: Any) -> None:
         self.config = dataclasses.replace(config or TcpConfig(), **config_overrides)
-        self.peer: Any = None
-        self.counters: Counters | None = None
+        self._peer: TcpPeer | None = None
         self.now = 0.0
         self.tolerance_s = DEFAULT_TOLERANCE_S
         self.remote_isn = DEFAULT_REMOTE_ISN
         self.local_isn: int | None = None
+        self._new_incarnation = True  # the next SYN the stack sends carries a new ISN
         self.local_port: int | None = DEFAULT_LOCAL_PORT
         self.remote_port = DEFAULT_REMOTE_PORT
         self.sockets: dict[str, _Sock] = {}
@@ -686,6 +698,18 @@ class Drill:
         self._line: Line | None = None
 
     # -- public entry points ------------------------------------------------------------
+    @property
+    def peer(self) -> TcpPeer:
+        """The ``TcpPeer`` under test (created when the first script starts)."""
+        if self._peer is None:
+            raise RuntimeError("no script has run yet: the peer is created by run_text()")
+        return self._peer
+
+    @property
+    def counters(self) -> Counters:
+        """The peer's counters, e.g. ``drill.counters["tcp_challenge_acks"]``."""
+        return self.peer.counters
+
     def run_file(self, path: str | Path, *, final_check: bool = True) -> None:
         p = Path(path)
         self.run_text(p.read_text(), name=p.name, final_check=final_check)
@@ -694,9 +718,8 @@ class Drill:
         """Parse and run a script. ``final_check``: fail on segments nobody expected."""
         script = parse_script(text, name)
         self._apply_headers(script.headers)
-        if self.peer is None:
-            self.peer = _make_peer(self.config)
-            self.counters = self.peer.counters
+        if self._peer is None:
+            self._peer = _make_peer(self.config)
         for line in script.lines:
             self._run_line(line)
         self._line = None
@@ -706,7 +729,7 @@ class Drill:
     # -- headers ------------------------------------------------------------------------
     def _apply_headers(self, headers: Iterable[tuple[str, str]]) -> None:
         for where, text in headers:
-            if self.peer is not None:
+            if self._peer is not None:
                 raise DrillSyntaxError(f"{where}: headers must come before the first event")
             m = re.match(r"--(\w+)(?:\s*=\s*|\s+|$)(.*)$", text)
             if m is None:
@@ -804,7 +827,11 @@ class Drill:
                     f"to {socket.inet_ntoa(struct.pack('!I', dst))}; expected "
                     f"{LOCAL_IP} -> {REMOTE_IP}"
                 )
-            if seg.flags & SYN and self.local_isn is None:
+            if seg.flags & SYN and self._new_incarnation:
+                self._new_incarnation = False
+                if self.local_isn is not None and seg.seq != self.local_isn:
+                    self.local_stream.clear()  # a new connection: new streams
+                    self.remote_literals.clear()
                 self.local_isn = seg.seq
             if self.local_port is None:
                 self.local_port = seg.src_port
@@ -851,7 +878,11 @@ class Drill:
         opts += b"\0" * (-len(opts) % 4)
         if len(opts) > 40:
             self._fail(f"options take {len(opts)} bytes; at most 40 fit in a TCP header")
+        if 20 + len(opts) + len(payload) > MAX_TCP_SEGMENT_BYTES:
+            self._fail(f"a TCP segment in IPv4 holds at most {MAX_TCP_SEGMENT_BYTES} bytes")
         window = spec.window if spec.window is not None else DEFAULT_INBOUND_WINDOW
+        if spec.flags & (SYN | ACK | RST) == SYN and self._connection_gone():
+            self._new_incarnation = True
         header = _HDR.pack(
             self.remote_port,
             self._require_local_port(),
@@ -1115,6 +1146,7 @@ class Drill:
             raise DrillSyntaxError(f"{self._where}: the scripted peer is {REMOTE_IP}, not {ip}")
         self.remote_port = _int(port_s, self._where, "port")
         self.local_port = None  # learned from the SYN
+        self._new_incarnation = True
         qd = self._call_core("socket", self.peer.socket)
         self.sockets[name] = _Sock(qd, "connection")
         self.outstanding[(name, OpCode.CONNECT)] = self._call_core(
@@ -1219,6 +1251,11 @@ class Drill:
             return "CLOSED"
         state = snap["connection_management"].get("state")
         return str(state).rsplit(".", 1)[-1].upper()
+
+    def _connection_gone(self) -> bool:
+        """True when a SYN would start a new connection: none, or one in TIME-WAIT."""
+        conn = self._find_connection()
+        return conn is None or conn["connection_management"].get("state") == "TIME_WAIT"
 
     def _find_connection(self) -> dict[str, Any] | None:
         """This script's connection in ``peer.connections()``, found by its 4-tuple."""

@@ -77,7 +77,7 @@ def test_corruption_flips_exactly_one_bit_at_about_its_probability() -> None:
     received = [f for _, _, f in net.trace]  # no delay variation: arrival order = send order
     assert len(received) == N_FRAMES
     damaged = 0
-    for original, frame in zip(sent, received):
+    for original, frame in zip(sent, received, strict=True):
         diff = int.from_bytes(frame, "big") ^ int.from_bytes(original, "big")
         assert diff.bit_count() in (0, 1)
         damaged += diff.bit_count()

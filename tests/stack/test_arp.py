@@ -311,3 +311,13 @@ def test_neighbour_lookup_mode_asks_the_callable_and_retries_then_gives_up() -> 
     assert t == pytest.approx(3.0)
     assert cache.counters["arp_drop_unresolved"] == 1
     assert cache.counters["arp_requests_out"] == 0
+
+
+def test_a_second_answer_within_locktime_does_not_replace_the_first() -> None:
+    cache = make_cache()
+    cache.receive(reply_from_peer(), now=0.0)
+    cache.receive(reply_from_peer(mac=OTHER_MAC), now=0.5)  # e.g. a damaged duplicate
+    assert cache.lookup(PEER_IP, 0.5) == PEER_MAC
+    assert cache.counters["arp_ignored_locktime"] == 1
+    cache.receive(reply_from_peer(mac=OTHER_MAC), now=1.5)  # past locktime: believed
+    assert cache.lookup(PEER_IP, 1.5) == OTHER_MAC

@@ -31,7 +31,7 @@ from xdpstackd.inetstack.layer2.ethernet import (
     build_ethernet,
     parse_ethernet,
 )
-from xdpstackd.inetstack.layer3.checksum import internet_checksum
+from xdpstackd.inetstack.layer3.checksum import internet_checksum, pseudo_header_sum
 from xdpstackd.inetstack.layer3.icmp import ICMP_ECHO_REPLY, parse_icmp
 from xdpstackd.inetstack.layer3.ipv4 import (
     IPPROTO_ICMP,
@@ -156,7 +156,9 @@ def test_packets_for_another_address_are_dropped() -> None:
     assert nonzero(stack.counters, "ipv4_drop") == {"ipv4_drop_not_for_us": 1}
 
 
-@pytest.mark.parametrize("src", ["10.0.0.1", "0.0.0.0", "255.255.255.255", "224.0.0.1", "10.0.0.255", "127.0.0.1"])
+@pytest.mark.parametrize(
+    "src", ["10.0.0.1", "0.0.0.0", "255.255.255.255", "224.0.0.1", "10.0.0.255", "127.0.0.1"]
+)
 def test_martian_sources_are_dropped(src: str) -> None:
     stack, seen = run_one(ipv4_frame(b"x" * 20, IPPROTO_TCP, src=ip_from_str(src)))
     assert seen == []
@@ -171,7 +173,7 @@ def test_unknown_protocol_is_dropped() -> None:
 def test_ttl_does_not_matter_on_input() -> None:
     p = ipv4_packet(b"t" * 20)
     p[8] = 0
-    stack, seen = run_one(eth(refresh_checksum(p)))
+    _stack, seen = run_one(eth(refresh_checksum(p)))
     assert seen == [(PEER_IP, OUR_IP, b"t" * 20)]
 
 
@@ -308,8 +310,6 @@ def test_random_valid_tcp_segments_to_closed_ports_only_draw_resets(
         # Put the random options inside the header (data offset), keep the checksum right.
         segment[12] = ((20 + len(options)) // 4) << 4
         segment[16:18] = b"\0\0"
-        from xdpstackd.inetstack.layer3.checksum import pseudo_header_sum
-
         csum = internet_checksum(
             segment, pseudo_header_sum(PEER_IP, OUR_IP, IPPROTO_TCP, len(segment))
         )

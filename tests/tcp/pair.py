@@ -14,8 +14,9 @@ from collections.abc import Callable
 from xdpstackd.inetstack.completion import Completion
 from xdpstackd.inetstack.config import TcpConfig
 from xdpstackd.inetstack.layer3.ipv4 import ip_from_str
-from xdpstackd.inetstack.layer4.tcp.header import TcpHeader, parse_tcp
+from xdpstackd.inetstack.layer4.tcp.header import TcpHeader, TcpOptions, build_tcp, parse_tcp
 from xdpstackd.inetstack.layer4.tcp.peer import TcpPeer
+from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
 A_IP = "10.0.0.1"
 B_IP = "10.0.0.2"
@@ -127,3 +128,105 @@ class PeerPair:
         s = self.wait("b", aqt)
         assert s.errno == 0, s
         return lqd, cqd, s.new_qd  # type: ignore[return-value]
+
+    # =====================================================================================
+    # helpers for behaviour tests (tests/tcp/test_*.py)
+    # =====================================================================================
+    def peer(self, name: str) -> TcpPeer:
+        return self.a if name == "a" else self.b
+
+    def ip(self, name: str) -> int:
+        return self.peer(name).local_ip
+
+    def run_to(self, t: float) -> None:
+        """Run every event up to the absolute virtual time ``t``; then ``now == t``."""
+        while self.step(t):
+            pass
+        self.now = max(self.now, t)
+
+    def sent(
+        self,
+        name: str,
+        *,
+        since: float = float("-inf"),
+        flags: int | None = None,
+        data: bool | None = None,
+    ) -> list[tuple[float, TcpHeader, bytes]]:
+        """Segments ``name`` sent (dropped by the filter or not), oldest first.
+
+        ``flags``: keep segments whose flags are exactly these; ``data``: True keeps
+        segments with payload, False those without.
+        """
+        self.flush()
+        return [
+            (t, hdr, payload)
+            for t, who, hdr, payload in self.trace
+            if who == name
+            and t >= since
+            and (flags is None or hdr.flags == flags)
+            and (data is None or bool(payload) == data)
+        ]
+
+    def inject(self, to: str, hdr: TcpHeader, payload: bytes = b"") -> None:
+        """Deliver a hand-made segment to peer ``to`` now, as if the other peer sent it."""
+        dst_peer = self.peer(to)
+        src_ip = self.ip("b" if to == "a" else "a")
+        seg = build_tcp(hdr, payload, src_ip, dst_peer.local_ip)
+        dst_peer.receive(src_ip, dst_peer.local_ip, seg, self.now)
+        self.flush()
+
+    def receive_raw(self, to: str, segment: bytes) -> None:
+        """Deliver raw bytes (any garbage) to peer ``to`` now, from the other peer's address."""
+        dst_peer = self.peer(to)
+        src_ip = self.ip("b" if to == "a" else "a")
+        dst_peer.receive(src_ip, dst_peer.local_ip, segment, self.now)
+        self.flush()
+
+    def states(self, name: str) -> list[str]:
+        """The RFC 9293 state of every connection ``name`` holds (handshakes included)."""
+        return [c["connection_management"]["state"] for c in self.peer(name).connections()]
+
+    def state(self, name: str, qd: int) -> str:
+        return str(self.peer(name).snapshot(qd)["connection_management"]["state"])
+
+    def read(self, name: str, qd: int, nbytes: int, timeout_s: float = 60.0) -> bytes:
+        """Pop until ``nbytes`` arrived (fails on EOF or error before that)."""
+        peer = self.peer(name)
+        out = bytearray()
+        while len(out) < nbytes:
+            c = self.wait(name, peer.pop(qd, None, self.now), timeout_s)
+            assert c.errno == 0, c
+            assert c.data, f"EOF after {len(out)} of {nbytes} bytes"
+            out += c.data
+        return bytes(out)
+
+    def read_to_eof(self, name: str, qd: int, timeout_s: float = 60.0) -> bytes:
+        peer = self.peer(name)
+        out = bytearray()
+        while True:
+            c = self.wait(name, peer.pop(qd, None, self.now), timeout_s)
+            assert c.errno == 0, c
+            if not c.data:
+                return bytes(out)
+            out += c.data
+
+
+def segment(
+    src_port: int,
+    dst_port: int,
+    seq: int | SeqNumber,
+    ack: int | SeqNumber,
+    flags: int,
+    window: int = 65535,
+    options: TcpOptions | None = None,
+) -> TcpHeader:
+    """A hand-made TCP header (for ``PeerPair.inject``)."""
+    return TcpHeader(
+        src_port,
+        dst_port,
+        seq if isinstance(seq, SeqNumber) else SeqNumber(seq),
+        ack if isinstance(ack, SeqNumber) else SeqNumber(ack),
+        flags,
+        window,
+        options,
+    )

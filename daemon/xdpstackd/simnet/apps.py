@@ -182,8 +182,8 @@ def bulk_transfer(
 ) -> TransferResult:
     """Move ``up_bytes`` client->server and ``down_bytes`` back on one connection.
 
-    The server listens on ``port``; the client
-    connects, both sides send and receive at once, the client closes first.
+    The server listens on ``port``; the client connects; both sides send and receive at
+    once; the client closes first. ``ok`` in the result when both sha256 sums match.
     """
     client_stack, server_stack = net.hosts[client], net.hosts[server]
     up = pattern_bytes(up_bytes, data_seed)
@@ -197,65 +197,76 @@ def bulk_transfer(
     listener = server_stack.socket()
     server_stack.bind(listener, (server_stack.ip_str, port))
     server_stack.listen(listener, 16)
-    accept_qt = server_stack.accept(listener)
+    server_stack.accept(listener)
     client_qd = client_stack.socket()
-    connect_qt = client_stack.connect(client_qd, (server_stack.ip_str, port), net.now)
     # Queue tokens are per stack: each host routes its completions to its own endpoint.
-    client_endpoints: list[StreamEndpoint] = []
-    server_endpoints: list[StreamEndpoint] = []
+    # Each side starts as soon as its own side of the handshake completes, as a real
+    # application would (the client's first data segment also completes the server's
+    # handshake when the final ACK was lost).
+    ends: dict[str, StreamEndpoint] = {}
 
     def route_client(completion: Completion) -> None:
-        for endpoint in client_endpoints:
-            endpoint.on_completion(completion)
+        if completion.opcode == OpCode.CONNECT:
+            if completion.errno:
+                errors.append(f"connect failed with errno {completion.errno}")
+                return
+            ends["client"] = StreamEndpoint(
+                client_stack, client_qd, clock, send_data=up, expect_bytes=down_bytes, closer=True
+            )
+            ends["client"].start()
+        elif "client" in ends:
+            ends["client"].on_completion(completion)
 
     def route_server(completion: Completion) -> None:
-        for endpoint in server_endpoints:
-            endpoint.on_completion(completion)
+        if completion.opcode == OpCode.ACCEPT and completion.qd == listener:
+            if completion.errno or completion.new_qd is None:
+                errors.append(f"accept failed with errno {completion.errno}")
+                return
+            ends["server"] = StreamEndpoint(
+                server_stack,
+                completion.new_qd,
+                clock,
+                send_data=down,
+                expect_bytes=up_bytes,
+                closer=False,
+            )
+            ends["server"].start()
+        elif "server" in ends:
+            ends["server"].on_completion(completion)
 
     net.on_completion(client, route_client)
     net.on_completion(server, route_server)
-    connected = net.run_until(
-        lambda: net.completion(client, connect_qt) is not None
-        and net.completion(server, accept_qt) is not None,
-        min(timeout_s, 200.0),
-    )
-    connect = net.completion(client, connect_qt)
-    accept = net.completion(server, accept_qt)
-    if not connected or connect is None or accept is None or connect.errno or accept.errno:
-        errors.append(f"connection not established: connect={connect} accept={accept}")
-        return TransferResult(False, 0, 0, "", "", "", "", net.now - start_s, errors)
-    assert accept.opcode == OpCode.ACCEPT and accept.new_qd is not None
-    client_end = StreamEndpoint(
-        client_stack, client_qd, clock, send_data=up, expect_bytes=down_bytes, closer=True
-    )
-    server_end = StreamEndpoint(
-        server_stack, accept.new_qd, clock, send_data=down, expect_bytes=up_bytes, closer=False
-    )
-    client_endpoints.append(client_end)
-    server_endpoints.append(server_end)
-    client_end.start()
-    server_end.start()
-    finished = net.run_until(lambda: client_end.done and server_end.done, timeout_s)
+    client_stack.connect(client_qd, (server_stack.ip_str, port), net.now)
+
+    def finished_or_failed() -> bool:
+        if errors:
+            return True
+        return len(ends) == 2 and all(e.done for e in ends.values())
+
+    finished = net.run_until(finished_or_failed, timeout_s)
     server_stack.close(listener, net.now)
     net.remove_completion_callback(client, route_client)
     net.remove_completion_callback(server, route_server)
+    client_end, server_end = ends.get("client"), ends.get("server")
     if not finished:
         errors.append(
-            f"timeout after {timeout_s} s virtual: client got {client_end.received_bytes}/"
-            f"{down_bytes}, server got {server_end.received_bytes}/{up_bytes}"
+            f"timeout after {timeout_s} s virtual: client got "
+            f"{client_end.received_bytes if client_end else 'no connection'}/{down_bytes}, "
+            f"server got {server_end.received_bytes if server_end else 'no connection'}"
+            f"/{up_bytes}"
         )
-    for name, endpoint in (("client", client_end), ("server", server_end)):
+    for name, endpoint in ends.items():
         if endpoint.error:
             errors.append(f"{name}: {endpoint.error}")
-    end_s = max(e.done_at_s or net.now for e in (client_end, server_end))
+    end_s = max((e.done_at_s or net.now for e in ends.values()), default=net.now)
     result = TransferResult(
         ok=False,
-        up_bytes=server_end.received_bytes,
-        down_bytes=client_end.received_bytes,
+        up_bytes=server_end.received_bytes if server_end else 0,
+        down_bytes=client_end.received_bytes if client_end else 0,
         up_sha256_sent=hashlib.sha256(up).hexdigest(),
-        up_sha256_received=server_end.received_sha256(),
+        up_sha256_received=server_end.received_sha256() if server_end else "",
         down_sha256_sent=hashlib.sha256(down).hexdigest(),
-        down_sha256_received=client_end.received_sha256(),
+        down_sha256_received=client_end.received_sha256() if client_end else "",
         virtual_time_s=end_s - start_s,
         errors=errors,
     )

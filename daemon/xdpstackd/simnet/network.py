@@ -177,8 +177,10 @@ class Link:
         self.backward = backward
 
     def stats(self) -> dict[str, dict[str, int]]:
-        return {self.forward.name: self.forward.stats.as_dict(),
-                self.backward.name: self.backward.stats.as_dict()}
+        return {
+            self.forward.name: self.forward.stats.as_dict(),
+            self.backward.name: self.backward.stats.as_dict(),
+        }
 
     def __repr__(self) -> str:
         return f"Link({self.a} <-> {self.b})"
@@ -497,9 +499,7 @@ class Network:
             host.timer_at = deadline
             host.timer_gen += 1
             self._seq += 1
-            heapq.heappush(
-                self._heap, (max(deadline, now), self._seq, host, host.timer_gen, None)
-            )
+            heapq.heappush(self._heap, (max(deadline, now), self._seq, host, host.timer_gen, None))
 
     # --------------------------------------------------------------- inspection
     def link_stats(self) -> dict[str, dict[str, int]]:

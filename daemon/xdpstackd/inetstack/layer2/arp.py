@@ -14,7 +14,11 @@ Cache behaviour (RFC 826 "packet reception", with the usual hardening):
   gratuitous ARP move an existing entry, and a reply refresh it);
 - a packet whose target is our address also creates the entry, and a request is answered;
 - other packets do not create entries (no cache pollution by third parties);
-- senders with a multicast/broadcast MAC, our own MAC, or our own IP are not learned.
+- senders with a multicast/broadcast MAC, our own MAC, or our own IP are not learned;
+- an entry confirmed less than ``ARP_LOCKTIME_S`` ago keeps its MAC when a packet other
+  than a gratuitous ARP claims another one (Linux's ``locktime``): of two answers in quick
+  succession the first wins, which also stops a damaged duplicate (ARP has no checksum)
+  from poisoning the entry.
 Entries expire ``arp_cache_ttl_s`` after they were last confirmed. Shortly before that,
 using an entry sends one unicast refresh request (like Linux's PROBE state), so a busy
 connection does not stall while the entry is re-resolved.
@@ -58,6 +62,8 @@ ZERO_MAC = b"\x00" * 6
 # whose SYN-ACKs need resolution) from growing memory without limit.
 MAX_ENTRIES = 4096
 MAX_PENDING_NEIGHBOURS = 1024
+# Linux's neigh locktime (1 s): a fresh entry's MAC is not replaced within this time.
+ARP_LOCKTIME_S = 1.0
 # Shared mode: how often per arp_request_timeout_s the kernel's table is asked again.
 LOOKUP_RETRIES_PER_TIMEOUT = 10
 
@@ -110,11 +116,12 @@ def build_arp(packet: ArpPacket) -> bytes:
 
 
 class _Entry:
-    __slots__ = ("expires_at", "mac", "refresh_sent")
+    __slots__ = ("expires_at", "mac", "refresh_sent", "updated_at")
 
-    def __init__(self, mac: bytes, expires_at: float) -> None:
+    def __init__(self, mac: bytes, expires_at: float, updated_at: float) -> None:
         self.mac = mac
         self.expires_at = expires_at
+        self.updated_at = updated_at
         self.refresh_sent = False
 
 
@@ -261,6 +268,11 @@ class ArpCache:
         entry = self._entries.get(sender_ip)
         if entry is not None:
             if entry.mac != sender_mac:
+                gratuitous = sender_ip == packet.target_ip
+                locked = now < entry.expires_at and now - entry.updated_at < ARP_LOCKTIME_S
+                if locked and not gratuitous:
+                    counters["arp_ignored_locktime"] += 1
+                    return
                 counters["arp_entries_updated"] += 1
             self._learn(sender_ip, sender_mac, now)
         elif for_us:
@@ -286,9 +298,10 @@ class ArpCache:
                 if len(self._entries) >= MAX_ENTRIES:
                     self.counters["arp_drop_cache_full"] += 1
                     return
-            self._entries[ip] = _Entry(mac, now + self.ttl_s)
+            self._entries[ip] = _Entry(mac, now + self.ttl_s, now)
         else:
             entry.mac = mac
+            entry.updated_at = now
             entry.expires_at = now + self.ttl_s
             entry.refresh_sent = False
         self._release(ip, mac)
@@ -341,4 +354,7 @@ class ArpCache:
         self._purge_at = now + self.ttl_s
 
     def __repr__(self) -> str:
-        return f"ArpCache({mac_to_str(self.mac)}, {len(self._entries)} entries, {len(self._pending)} pending)"
+        return (
+            f"ArpCache({mac_to_str(self.mac)}, {len(self._entries)} entries, "
+            f"{len(self._pending)} pending)"
+        )

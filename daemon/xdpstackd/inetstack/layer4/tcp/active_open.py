@@ -83,7 +83,15 @@ class ActiveOpenSocket:
     def _send_syn(self) -> None:
         if self.syn_received:
             assert self.irs is not None
-            self.peer.send_syn(self.local, self.remote, self.iss, self.irs + 1, self.socket.options)
+            opts = self.peer_options
+            self.peer.send_syn(
+                self.local,
+                self.remote,
+                self.iss,
+                self.irs + 1,
+                self.socket.options,
+                peer_offered_wscale=opts is not None and opts.window_scale is not None,
+            )
         else:
             self.peer.send_syn(self.local, self.remote, self.iss, None, self.socket.options)
 

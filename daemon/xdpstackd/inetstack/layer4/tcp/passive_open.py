@@ -126,7 +126,15 @@ class HalfOpenConnection:
 
     def send_syn_ack(self) -> None:
         peer = self.listener.peer
-        peer.send_syn(self.local, self.remote, self.iss, self.irs + 1, self.listener.socket.options)
+        offered = self.peer_options is not None and self.peer_options.window_scale is not None
+        peer.send_syn(
+            self.local,
+            self.remote,
+            self.iss,
+            self.irs + 1,
+            self.listener.socket.options,
+            peer_offered_wscale=offered,
+        )
 
     def receive(self, hdr: TcpHeader, payload: memoryview, now: float) -> None:
         flags = hdr.flags

@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 
 def send_ack(sock: EstablishedSocket) -> None:
-    sock.emit(ACK, sock.cb.rod.snd_nxt, b"")
+    """<SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>, where SND.NXT is the RFC's, never rewound:
+    after an RTO our go-back pointer sits below what the peer has already received, and
+    an ACK carrying it would be unacceptable there (so use SND.MAX)."""
+    sock.emit(ACK, sock.cb.rod.snd_max, b"")
 
 
 def send_probe(sock: EstablishedSocket) -> None:

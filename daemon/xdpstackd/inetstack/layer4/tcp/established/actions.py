@@ -21,6 +21,7 @@ CHALLENGE_ACK = 1 << 10  # RFC 5961 challenge ACK (rate-limited by the dispatche
 TIMED_OUT = 1 << 11  # retransmissions/probes unanswered: ETIMEDOUT
 PROBE = 1 << 12  # send a zero-window or keep-alive probe (SEG.SEQ = SND.UNA - 1)
 GO_BACK = 1 << 13  # RTO: resend from SND.UNA
+ACK_INVALID = 1 << 15  # answer an unacceptable segment with an ACK, rate-limited
 DROP = 1 << 14  # the dispatcher stops processing this segment (internal to ctrlblk)
 
 NAMES = {
@@ -39,6 +40,7 @@ NAMES = {
     PROBE: "PROBE",
     GO_BACK: "GO_BACK",
     DROP: "DROP",
+    ACK_INVALID: "ACK_INVALID",
 }
 
 

@@ -86,8 +86,23 @@ class ControlBlock:
 
         # first: sequence number acceptability
         if not segment_acceptable(seq, seg_len, rod.rcv_nxt, rcv_wnd):
-            self.counters["tcp_drop_rst_out_of_window" if rst else "tcp_drop_out_of_window"] += 1
-            return A.NONE if rst else A.ACK_NOW
+            if rst:
+                self.counters["tcp_drop_rst_out_of_window"] += 1
+                return A.NONE
+            if syn:  # RFC 5961 4.2: any SYN, whatever its sequence number
+                self.counters["tcp_syn_challenged"] += 1
+                return A.CHALLENGE_ACK
+            self.counters["tcp_drop_out_of_window"] += 1
+            if fin and state is State.TIME_WAIT:
+                # the peer's FIN again: our last ACK was lost (RFC 9293 3.10.7.4 TIME-WAIT)
+                return cm.on_fin_received(now) & ~A.EOF_RECEIVED
+            # data gets its duplicate ACK at once, and so does a probe (a zero-window or
+            # keep-alive probe is SEG.SEQ = RCV.NXT - 1, built to draw exactly this ACK);
+            # any other bare segment only at a limited rate, so two confused ends cannot
+            # ACK each other at line rate (Linux: tcp_oow_rate_limited)
+            if payload or seq.distance(rod.rcv_nxt) == -1:
+                return A.ACK_NOW
+            return A.ACK_INVALID
         # second: RST, accepted only exactly at RCV.NXT (RFC 5961 3.2)
         if rst:
             if seq == rod.rcv_nxt:
@@ -96,7 +111,7 @@ class ControlBlock:
             return A.CHALLENGE_ACK
         # fourth: SYN in a synchronized state -> challenge ACK (RFC 5961 4.2)
         if syn:
-            self.counters["tcp_syn_in_window_challenged"] += 1
+            self.counters["tcp_syn_challenged"] += 1
             return A.CHALLENGE_ACK
         # fifth: the ACK field
         if not flags & 0x10:

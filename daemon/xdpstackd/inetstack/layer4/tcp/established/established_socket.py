@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 
 Outbox = list[tuple[int, int, bytes]]
 
+# Linux's tcp_invalid_ratelimit: one ACK per half second for bare out-of-window segments
+INVALID_ACK_INTERVAL_S = 0.5
+SYN_TIMEOUT_FALLBACK_RTO_S = 3.0  # RFC 6298 5.7, Linux TCP_TIMEOUT_FALLBACK
+
 
 class ChallengeAckLimiter:
     """RFC 5961 7: at most ``limit_per_s`` challenge ACKs per second, stack-wide."""
@@ -64,6 +68,7 @@ class EstablishedSocket:
 
     __slots__ = (
         "_acked_this_round",
+        "_last_invalid_ack",
         "cb",
         "close_requested",
         "completions",
@@ -108,6 +113,7 @@ class EstablishedSocket:
         self.close_requested = False
         self.released = False
         self._acked_this_round = False
+        self._last_invalid_ack = float("-inf")
         self.scheduled: float | None = None  # deadline the peer's timer heap holds for us
         self.conn_id = 0
 
@@ -163,9 +169,13 @@ class EstablishedSocket:
             probe_max_s=config.zero_window_probe_max_s,
             retries=config.retries2,
         )
-        rto = RtoCalculator(config.rto_initial_s, config.rto_min_s, config.rto_max_s)
         if handshake_rtt_s is not None:
+            rto = RtoCalculator(config.rto_initial_s, config.rto_min_s, config.rto_max_s)
             rto.on_rtt_sample(handshake_rtt_s)
+        else:
+            # RFC 6298 5.7: the SYN (or SYN-ACK) timed out, so start data at RTO >= 3 s
+            initial_s = max(config.rto_initial_s, SYN_TIMEOUT_FALLBACK_RTO_S)
+            rto = RtoCalculator(initial_s, config.rto_min_s, config.rto_max_s)
         algorithm = make_algorithm(config.congestion_control, mss, config.initial_cwnd_segments)
         cc = CongestionControl(algorithm, rto, mss, iss)
         cb = ControlBlock(cm, rod, fc, cc, config, counters)
@@ -310,6 +320,12 @@ class EstablishedSocket:
                     send_ack(self)
                 else:
                     self.counters["tcp_challenge_acks_suppressed"] += 1
+            if actions & A.ACK_INVALID and not actions & A.ACK_NOW:
+                if now - self._last_invalid_ack >= INVALID_ACK_INTERVAL_S:
+                    self._last_invalid_ack = now
+                    actions |= A.ACK_NOW
+                else:
+                    self.counters["tcp_invalid_acks_suppressed"] += 1
             if actions & A.ACK_NOW:
                 if not self._acked_this_round:
                     send_ack(self)
@@ -336,7 +352,7 @@ class EstablishedSocket:
         rod = self.cb.rod
         local_ip, local_port = self.local
         remote_ip, remote_port = self.remote
-        hdr = TcpHeader(local_port, remote_port, rod.snd_nxt, rod.rcv_nxt, RST | ACK, 0)
+        hdr = TcpHeader(local_port, remote_port, rod.snd_max, rod.rcv_nxt, RST | ACK, 0)
         self.outbox.append((local_ip, remote_ip, build_tcp(hdr, b"", local_ip, remote_ip)))
         self.counters["tcp_segments_out"] += 1
         self.counters["tcp_resets_out"] += 1

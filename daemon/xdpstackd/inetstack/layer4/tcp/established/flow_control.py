@@ -101,22 +101,32 @@ class FlowControl:
         rcv_nxt = rod.rcv_nxt
         free = self.rcv_buffer_bytes - rod.recv_queue_bytes
         current = self.rcv_adv.distance(rcv_nxt)
+        if current < 0:
+            current = 0
         # receiver SWS avoidance: grow the edge only by a worthwhile amount
-        if free - current >= min(self.rcv_buffer_bytes // 2, self.mss) or current < 0:
-            current = max(free, 0)
-            self.rcv_adv = rcv_nxt + current
-        # round down to what the scale can express, never below zero
+        if free - current >= min(self.rcv_buffer_bytes // 2, self.mss):
+            current = free
+        # what the 16-bit field and the scale can express (RFC 7323 2.3: round down)
         raw = current >> self.rcv_wscale
         if raw > _MAX_RAW_WINDOW:
             raw = _MAX_RAW_WINDOW
+        # the right edge is what the peer is told; it never moves left (RFC 9293 3.8.6.2.2)
+        edge = rcv_nxt + (raw << self.rcv_wscale)
+        if self.rcv_adv < edge:
+            self.rcv_adv = edge
+        else:
+            raw = self.rcv_adv.distance(rcv_nxt) >> self.rcv_wscale
+            if raw > _MAX_RAW_WINDOW:
+                raw = _MAX_RAW_WINDOW
         return raw
 
     def window_update_due(self, rod: DeliveryView) -> bool:
         """After the application read: is the window we could offer much larger than the
         one the peer knows (Linux's tcp_cleanup_rbuf rule)?"""
         current = max(self.rcv_adv.distance(rod.rcv_nxt), 0)
-        free = self.rcv_buffer_bytes - rod.recv_queue_bytes
-        return 2 * current <= self.rcv_buffer_bytes and free >= max(2 * current, self.mss)
+        clamp = min(self.rcv_buffer_bytes, _MAX_RAW_WINDOW << self.rcv_wscale)
+        offer = min(self.rcv_buffer_bytes - rod.recv_queue_bytes, clamp)
+        return 2 * current <= clamp and offer >= max(2 * current, self.mss)
 
     def arm_probe(self, now: float, cc: CongestionView) -> None:
         """Persist timer: the peer's window is closed while we hold unsent data."""

@@ -1,0 +1,161 @@
+"""Flow control between two stacks: the peer's window bounds what is in flight, a
+closed window is probed (persist timer, RFC 9293 3.8.6.1) until a window update
+reopens it, and Nagle's algorithm (RFC 896, RFC 1122 4.2.3.4) vs TCP_NODELAY."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from pair import B_IP, PeerPair
+
+from xdpstackd.inetstack.config import TcpConfig
+from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
+
+RCVBUF = 4096
+
+
+def small_receiver(p: PeerPair, rcvbuf: int = RCVBUF) -> tuple[int, int]:
+    lqd = p.b.socket()
+    p.b.bind(lqd, (B_IP, 8080))
+    p.b.setsockopt(lqd, "SO_RCVBUF", rcvbuf)
+    p.b.listen(lqd, 4)
+    aqt = p.b.accept(lqd)
+    cqd = p.a.socket()
+    p.wait("a", p.a.connect(cqd, (B_IP, 8080), p.now))
+    return cqd, p.wait("b", aqt).new_qd
+
+
+# -- Nagle ----------------------------------------------------------------------------------
+def test_nagle_holds_a_second_small_segment_until_the_first_is_acked() -> None:
+    p = PeerPair()
+    _, cqd, _ = p.connect()
+    t0 = p.now
+    p.a.push(cqd, b"first", p.now)
+    p.a.push(cqd, b"second", p.now)
+    p.run_for(1)
+    segs = p.sent("a", since=t0, data=True)
+    assert [d for _, _, d in segs] == [b"first", b"second"]
+    (t_ack, _, _), *_ = [s for s in p.sent("b", since=t0) if s[1].ack_num == segs[0][1].seq_num + 5]
+    assert segs[0][0] == pytest.approx(t0)
+    assert segs[1][0] == pytest.approx(t_ack + p.delay_s)  # right when the ACK arrived
+    assert segs[1][0] - segs[0][0] >= 0.040  # b delayed that ACK
+
+
+def test_tcp_nodelay_sends_small_segments_at_once() -> None:
+    p = PeerPair()
+    _, cqd, _ = p.connect()
+    p.a.setsockopt(cqd, "TCP_NODELAY", 1)
+    assert p.a.snapshot(cqd)["connection_management"]["nodelay"] is True
+    t0 = p.now
+    p.a.push(cqd, b"first", p.now)
+    p.a.push(cqd, b"second", p.now)
+    p.run_for(1)
+    segs = p.sent("a", since=t0, data=True)
+    assert [(t, d) for t, _, d in segs] == [(t0, b"first"), (t0, b"second")]
+
+
+def test_nagle_never_holds_full_sized_segments() -> None:
+    p = PeerPair()
+    _, cqd, _ = p.connect()
+    t0 = p.now
+    p.a.push(cqd, b"s", p.now)  # a small segment goes out and stays unacked a while
+    p.a.push(cqd, b"x" * (3 * 1460 + 100), p.now)
+    p.run_for(0.0)
+    segs = p.sent("a", since=t0, data=True)
+    assert [len(d) for _, _, d in segs] == [1, 1460, 1460, 1460]  # the 100-byte tail waits
+
+
+# -- zero window ----------------------------------------------------------------------------
+def test_receiver_that_does_not_read_closes_the_window_and_gets_probed() -> None:
+    p = PeerPair()
+    cqd, sqd = small_receiver(p)
+    data = random.Random(1).randbytes(20_000)
+    p.a.push(cqd, data, p.now)
+    p.run_for(0.5)
+    a = p.a.snapshot(cqd)
+    assert a["flow_control"]["snd_wnd"] == 0
+    assert a["ordered_delivery"]["unacked_bytes"] == 0  # everything sent was acked
+    assert p.b.snapshot(sqd)["ordered_delivery"]["recv_queue_bytes"] == RCVBUF
+    t_closed = p.now
+    probes_before = p.a.counters["tcp_probes_sent"]
+    p.run_for(120)
+    snd_una = SeqNumber(p.a.snapshot(cqd)["ordered_delivery"]["snd_una"])
+    probes = [(t, h) for t, h, d in p.sent("a", since=t_closed) if not d]
+    assert len(probes) >= 5
+    assert all(h.seq_num == snd_una + -1 for _, h in probes)  # SEG.SEQ = SND.UNA - 1
+    gaps = [b[0] - a_[0] for a_, b in zip(probes, probes[1:])]
+    assert all(later >= earlier for earlier, later in zip(gaps, gaps[1:]))  # backoff
+    assert gaps[1] == pytest.approx(2 * gaps[0])
+    assert max(gaps) <= 60.0 + 1e-9  # capped at zero_window_probe_max_s
+    # each probe is answered, with the window still closed
+    answers = [h for t, h, d in p.sent("b", since=t_closed)]
+    assert len(answers) == len(probes) and all(h.window == 0 for h in answers)
+    assert p.a.counters["tcp_probes_sent"] - probes_before == len(probes)
+
+
+def test_reading_reopens_the_window_with_an_update_and_the_transfer_resumes() -> None:
+    p = PeerPair()
+    cqd, sqd = small_receiver(p)
+    data = random.Random(2).randbytes(20_000)
+    p.a.push(cqd, data, p.now)
+    p.run_for(5)
+    assert p.a.snapshot(cqd)["flow_control"]["snd_wnd"] == 0
+    t_read = p.now
+    first = p.wait("b", p.b.pop(sqd, None, p.now))
+    assert len(first.data) == RCVBUF
+    update = p.sent("b", since=t_read)
+    assert update and update[0][0] == t_read and update[0][1].window > 0  # sent by the read
+    rest = p.read("b", sqd, len(data) - RCVBUF)
+    assert first.data + rest == data
+    # resumed at once, not at the next probe
+    resumed = p.sent("a", since=t_read, data=True)
+    assert resumed[0][0] == pytest.approx(t_read + p.delay_s)
+
+
+def test_a_receiver_that_stays_closed_but_answers_probes_is_never_timed_out() -> None:
+    p = PeerPair(TcpConfig(retries2=3))
+    cqd, sqd = small_receiver(p)
+    p.a.push(cqd, b"z" * 10_000, p.now)
+    p.run_for(1800)  # half an hour of a zero window, probes answered all along
+    assert p.state("a", cqd) == "ESTABLISHED"
+    assert p.a.snapshot(cqd)["flow_control"]["probes_unanswered"] == 0
+    assert p.read("b", sqd, 10_000) == b"z" * 10_000
+
+
+def test_unanswered_zero_window_probes_eventually_time_out() -> None:
+    p = PeerPair(TcpConfig(retries2=3))
+    cqd, sqd = small_receiver(p)
+    p.a.push(cqd, b"z" * 10_000, p.now)
+    p.run_for(1)
+    qt = p.a.pop(cqd, None, p.now)
+    p.filter = lambda who, h, d: who != "b"  # b vanishes
+    c = p.wait("a", qt, timeout_s=600)
+    assert c.errno == 110  # ETIMEDOUT
+    assert p.a.connections() == []
+
+
+def test_sender_never_exceeds_the_peers_window() -> None:
+    p = PeerPair()
+    cqd, sqd = small_receiver(p, rcvbuf=8192)
+    data = random.Random(3).randbytes(60_000)
+    iss = p.a.snapshot(cqd)["ordered_delivery"]["iss"]
+    p.a.push(cqd, data, p.now)
+    got = bytearray()
+    pop = p.b.pop(sqd, 1000, p.now)  # a slow reader
+    while len(got) < len(data):
+        p.flush()
+        if (c := p.take("b", pop)) is not None:
+            got += c.data
+            pop = p.b.pop(sqd, 1000, p.now)
+            continue
+        assert p.step(p.now + 30), "transfer stalled"
+        a = p.a.snapshot(cqd)
+        rod, fc = a["ordered_delivery"], a["flow_control"]
+        # nothing sent beyond the right edge b offered (SND.UNA + SND.WND)
+        assert SeqNumber(rod["snd_nxt"]) - SeqNumber(fc["snd_wl2"]) <= fc["snd_wnd"]
+    assert bytes(got) == data
+    p.run_for(1)
+    assert SeqNumber(p.a.snapshot(cqd)["ordered_delivery"]["snd_una"]) - SeqNumber(iss + 1) == (
+        len(data)
+    )
