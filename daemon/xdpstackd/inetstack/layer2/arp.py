@@ -29,8 +29,9 @@ for ``arp_request_timeout_s`` the queued frames are dropped, each counted as
 ``arp_drop_unresolved``.
 
 Shared-address mode (``neighbour_lookup`` given): the kernel owns ARP, so no ARP packets
-are sent; the callable (backed by the kernel's neighbour table) is asked instead. A
-``None`` answer queues the frame and the lookup is retried every
+are sent; the callable (backed by the kernel's neighbour table) is asked instead, once
+per frame, so it must be cheap (the daemon answers from a table it mirrors from netlink),
+and a change in the kernel's table is followed at once. A ``None`` answer queues the frame and the lookup is retried every
 ``arp_request_timeout_s / LOOKUP_RETRIES_PER_TIMEOUT`` until the same give-up time.
 """
 

@@ -89,6 +89,7 @@ class TcpPeer:
         self.conns: dict[tuple[int, int, int, int], Connection] = {}
         self.listeners: dict[tuple[int, int], PassiveSocket] = {}
         self.port_refs: _Counter[int] = _Counter()
+        self.ports_version = 0  # bumped whenever the set of ports in use changes
         self.port_held_by: dict[int, int] = {}  # id(conn) -> port an orphan still holds
         self.outbox: list[tuple[int, int, bytes]] = []
         self.completions: list[Completion] = []
@@ -191,6 +192,8 @@ class TcpPeer:
             port = self._ephemeral_port()
         elif self.port_refs[port]:
             raise OSError(errno.EADDRINUSE, f"port {port} is in use")
+        if not self.port_refs[port]:
+            self.ports_version += 1
         self.port_refs[port] += 1
         sock.local = (ip, port)
         sock.bound = True
@@ -377,6 +380,10 @@ class TcpPeer:
         if conn is None or conn.is_handshake:
             raise OSError(errno.ENOTCONN, "socket is not connected")
         return (ip_to_str(conn.remote[0]), conn.remote[1])
+
+    def ports_in_use(self) -> list[int]:
+        """Local ports the stack's sockets and connections use (what XDP must steer)."""
+        return list(self.port_refs)
 
     def socket_state(self, qd: int) -> SocketState:
         return self._socket(qd).state
@@ -626,6 +633,7 @@ class TcpPeer:
     def _release_port(self, port: int) -> None:
         if self.port_refs[port] <= 1:
             del self.port_refs[port]
+            self.ports_version += 1
         else:
             self.port_refs[port] -= 1
 
