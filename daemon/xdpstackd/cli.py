@@ -1,26 +1,27 @@
 """Command line of ``xdpstackd``, the xdpstack daemon.
 
-The options are those of the daemon (SPEC section 6). The AF_XDP datapath and the
-daemon itself are not part of this release: after parsing, :func:`main` says so on
-stderr and exits with status 2. ``make demo`` runs the sans-IO stack on a simulated
-network instead.
+The options are those of the daemon (SPEC section 6); they override the TOML file's
+values. A configuration error exits 2 naming the key; a start-up failure exits 1 with
+one line saying what to do.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from xdpstackd import __version__
-
-DEFAULT_SOCKET_PATH = "/run/xdpstack/xdpstackd.sock"
-DEFAULT_CONFIG_PATH = "/etc/xdpstack/xdpstackd.toml"
-
-NOT_IN_RELEASE = (
-    "xdpstackd: the AF_XDP datapath and daemon are not part of this release; "
-    "run `make demo` for the simulated-network demo of the TCP/IP stack"
+from xdpstackd.settings import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_SOCKET_PATH,
+    LOG_LEVELS,
+    ConfigError,
+    Settings,
+    load_file,
 )
 
 
@@ -60,18 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
         "default: share the interface's kernel address",
     )
     parser.add_argument(
-        "--queues", metavar="N", type=_positive_int, default=1, help="rx/tx queues (default: 1)"
+        "--queues", metavar="N", type=_positive_int, help="rx/tx queues (default: 1)"
     )
     parser.add_argument(
         "--xdp-mode",
         choices=("native", "generic"),
-        default="native",
         help="XDP attach mode (default: native)",
     )
     parser.add_argument(
         "--socket",
         metavar="PATH",
-        default=DEFAULT_SOCKET_PATH,
         help=f"Unix socket for clients (default: {DEFAULT_SOCKET_PATH})",
     )
     parser.add_argument(
@@ -84,14 +83,53 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run in a network namespace and veth pair of its own, removed on exit",
     )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")
     parser.add_argument("--version", action="version", version=f"xdpstackd {__version__}")
     return parser
 
 
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Defaults, then the config file, then the command line (which wins)."""
+    path = args.config
+    if path is None and Path(DEFAULT_CONFIG_PATH).exists() and not args.sandbox:
+        path = DEFAULT_CONFIG_PATH
+    settings = load_file(path) if path else Settings()
+    if args.interface is not None:
+        settings.interface = args.interface
+    if args.address is not None:
+        settings.address = str(args.address)
+    if args.queues is not None:
+        settings.queues = args.queues
+    if args.xdp_mode is not None:
+        settings.xdp_mode = args.xdp_mode
+    if args.socket is not None:
+        settings.socket = args.socket
+    if args.log_level is not None:
+        settings.log_level = args.log_level
+    settings.sandbox = args.sandbox
+    settings.validate()
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print(NOT_IN_RELEASE, file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"xdpstackd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s xdpstackd[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug is per message
+    from xdpstackd.daemon import DaemonError, run
+
+    try:
+        return run(settings)
+    except DaemonError as exc:
+        print(f"xdpstackd: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ B_IP = "10.0.0.2"
 
 # A filter sees (sender_name, header, payload) and returns False to drop the segment.
 SegmentFilter = Callable[[str, TcpHeader, bytes], bool]
+# A delay function sees the same and returns the segment's one-way delay in seconds
+# (segments may then overtake each other: reordering).
+SegmentDelay = Callable[[str, TcpHeader, bytes], float]
 
 
 class PeerPair:
@@ -44,6 +47,7 @@ class PeerPair:
         self.trace: list[tuple[float, str, TcpHeader, bytes]] = []
         self.completions: dict[str, list[Completion]] = {"a": [], "b": []}
         self.filter: SegmentFilter | None = None
+        self.delay_fn: SegmentDelay | None = None  # None: every segment takes delay_s
 
     def other(self, peer: TcpPeer) -> TcpPeer:
         return self.b if peer is self.a else self.a
@@ -57,9 +61,12 @@ class PeerPair:
                 self.trace.append((self.now, name, hdr, bytes(payload)))
                 if self.filter is not None and not self.filter(name, hdr, bytes(payload)):
                     continue
+                delay = self.delay_s
+                if self.delay_fn is not None:
+                    delay = self.delay_fn(name, hdr, bytes(payload))
                 heapq.heappush(
                     self.in_flight,
-                    (self.now + self.delay_s, next(self._seq), self.other(peer), src, dst, seg),
+                    (self.now + delay, next(self._seq), self.other(peer), src, dst, seg),
                 )
             self.completions[name].extend(peer.poll_completions())
 

@@ -201,4 +201,3 @@ def test_so_rcvbuf_after_connect_is_rejected() -> None:
     _, cqd, _ = p.connect()
     with pytest.raises(OSError):
         p.a.setsockopt(cqd, "SO_RCVBUF", 65536)
-

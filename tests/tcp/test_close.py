@@ -79,13 +79,9 @@ def test_active_close_of_the_descriptor_follows_the_same_states() -> None:
     p = PeerPair(TcpConfig(msl_s=MSL), TcpConfig(msl_s=MSL))
     _, cqd, sqd = p.connect()
     p.a.close(cqd, p.now)
-
-    def b_closes_on_eof() -> bool:
-        return p.state("b", sqd) == "CLOSE_WAIT"
-
     history = record_states(p, p.now + 0.5)
-    assert b_closes_on_eof()
-    p.b.close(sqd, p.now)
+    assert p.state("b", sqd) == "CLOSE_WAIT"
+    p.b.close(sqd, p.now)  # b saw the FIN and closes too
     history += record_states(p, p.now + 5)
     assert sequence(history, 1) == ["FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT", "gone"]
     assert sequence(history, 2) == ["ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "gone"]
@@ -212,12 +208,6 @@ def test_half_closed_fin_wait_2_with_a_descriptor_does_not_time_out() -> None:
     assert p.state("a", cqd) == "FIN_WAIT_2"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a retransmitted FIN in TIME_WAIT fails the acceptability test "
-    "first, so 2MSL is not restarted (RFC 9293 3.10.7.4 TIME-WAIT); see "
-    "notes/core_bugs_from_tcp_tests.md",
-)
 def test_time_wait_reacknowledges_a_retransmitted_fin_and_restarts_2msl() -> None:
     p = PeerPair(TcpConfig(msl_s=MSL), TcpConfig(msl_s=MSL))
     _, cqd, sqd = p.connect()
@@ -292,3 +282,98 @@ def test_data_arriving_for_an_orphaned_connection_is_answered_with_rst() -> None
     assert p.state("b", sqd) == "CLOSED"
     # b had already read a's FIN: reads keep returning end of stream (as on Linux)
     assert p.wait("b", p.b.pop(sqd, None, p.now)).data == b""
+
+
+def test_lost_fin_is_retransmitted_and_the_close_completes() -> None:
+    p = PeerPair(TcpConfig(msl_s=MSL), TcpConfig(msl_s=MSL))
+    _, cqd, sqd = p.connect()
+    lost: list = []
+
+    def drop_first_fin(who, h, d) -> bool:
+        if who == "a" and h.flags & FIN and not lost:
+            lost.append(p.now)
+            return False
+        return True
+
+    p.filter = drop_first_fin
+    p.a.push(cqd, b"data then fin", p.now)
+    p.a.close(cqd, p.now)
+    assert p.read_to_eof("b", sqd) == b"data then fin"
+    fins = [t for t, h, _ in p.sent("a") if h.flags & FIN]
+    assert len(fins) == 2 and fins[0] == lost[0]
+    # one RTO (the 200 ms floor) after the last ACK of new data restarted the timer
+    last_ack = max(t for t, h, _ in p.sent("b") if t < fins[1])
+    assert fins[1] == pytest.approx(last_ack + p.delay_s + 0.2)
+    p.b.close(sqd, p.now)
+    p.run_for(2 * MSL + 1)
+    assert p.a.connections() == [] and p.b.connections() == []
+
+
+def test_lost_last_ack_makes_last_ack_resend_its_fin_and_time_wait_answers() -> None:
+    p = PeerPair(TcpConfig(msl_s=MSL), TcpConfig(msl_s=MSL))
+    _, cqd, sqd = p.connect()
+    p.a.close(cqd, p.now)
+    assert p.wait("b", p.b.pop(sqd, None, p.now)).data == b""
+    p.run_for(0.1)
+    lost: list = []
+
+    def drop_last_ack(who, h, d) -> bool:
+        if who == "a" and h.flags == ACK and not lost:
+            lost.append(p.now)
+            return False
+        return True
+
+    p.filter = drop_last_ack
+    p.b.close(sqd, p.now)
+    p.run_for(0.1)
+    assert p.states("b") == ["LAST_ACK"] and p.states("a") == ["TIME_WAIT"]
+    p.run_for(1)
+    b_fins = [t for t, h, _ in p.sent("b") if h.flags & FIN]
+    assert len(b_fins) == 2
+    assert p.b.connections() == []  # the re-ACK from TIME_WAIT closed it
+    p.run_for(2 * MSL)
+    assert p.a.connections() == []
+
+
+def test_new_syn_from_the_same_4tuple_ends_time_wait_and_connects() -> None:
+    p = PeerPair(TcpConfig(msl_s=30), TcpConfig(msl_s=30))
+    lqd = p.b.socket()
+    p.b.bind(lqd, (B_IP, 8080))
+    p.b.listen(lqd, 4)
+    aqt = p.b.accept(lqd)
+    cqd = p.a.socket()
+    p.a.bind(cqd, (A_IP, 40000))
+    p.wait("a", p.a.connect(cqd, (B_IP, 8080), p.now))
+    sqd = p.wait("b", aqt).new_qd
+    p.b.close(sqd, p.now)  # the server closes first: the server holds TIME_WAIT
+    assert p.wait("a", p.a.pop(cqd, None, p.now)).data == b""
+    p.a.close(cqd, p.now)
+    p.run_for(5)
+    assert p.states("b") == ["TIME_WAIT"] and p.a.connections() == []
+    again = p.a.socket()
+    p.a.bind(again, (A_IP, 40000))
+    aqt = p.b.accept(lqd)
+    assert p.wait("a", p.a.connect(again, (B_IP, 8080), p.now)).errno == 0
+    s2 = p.wait("b", aqt).new_qd
+    assert p.b.counters["tcp_time_wait_recycled"] == 1
+    p.a.push(again, b"second life", p.now)
+    assert p.read("b", s2, 11) == b"second life"
+
+
+def test_closing_a_listener_resets_connections_nobody_accepted() -> None:
+    p = PeerPair()
+    lqd = p.b.socket()
+    p.b.bind(lqd, (B_IP, 8080))
+    p.b.listen(lqd, 4)
+    cqd = p.a.socket()
+    assert p.wait("a", p.a.connect(cqd, (B_IP, 8080), p.now)).errno == 0
+    p.run_for(0.01)
+    qt = p.a.pop(cqd, None, p.now)
+    t = p.now
+    p.b.close(lqd, p.now)
+    assert p.wait("a", qt).errno == errno.ECONNRESET
+    assert [h.flags & RST for _, h, _ in p.sent("b", since=t)] == [RST]
+    assert p.a.connections() == [] and p.b.connections() == []
+    # and the port is free for a new listener
+    l2 = p.b.socket()
+    p.b.bind(l2, (B_IP, 8080))

@@ -165,3 +165,43 @@ def test_fin_follows_the_last_byte_of_queued_data() -> None:
     h, d = fin[0]
     iss = p.b.snapshot(sqd)["ordered_delivery"]["irs"]
     assert (h.seq_num + len(d)) - SeqNumber(iss + 1) == len(data)
+
+
+class FixedIsn:
+    """Stands in for the RFC 6528 generator: every connection starts at ``value``."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def generate(self, *args: object) -> SeqNumber:
+        return SeqNumber(self.value)
+
+
+def test_streams_cross_the_sequence_number_wrap_intact_even_with_loss() -> None:
+    p = PeerPair()
+    p.a.isn = FixedIsn(2**32 - 20_000)
+    p.b.isn = FixedIsn(2**32 - 7_000)
+    _, cqd, sqd = p.connect()
+    for qd, peer in ((cqd, p.a), (sqd, p.b)):
+        peer.setsockopt(qd, "TCP_NODELAY", 1)
+    # lose the segments that straddle the wrap, once each
+    lost: set = set()
+
+    def drop_across_wrap(who, h, d) -> bool:
+        end = h.seq_num.value + len(d)
+        if d and end > 2**32 and (who, h.seq_num) not in lost:
+            lost.add((who, h.seq_num))
+            return False
+        return True
+
+    p.filter = drop_across_wrap
+    up, down = pattern(60_000, 7), pattern(30_000, 8)
+    p.a.push(cqd, up, p.now)
+    p.b.push(sqd, down, p.now)
+    assert p.read("b", sqd, len(up)) == up
+    assert p.read("a", cqd, len(down)) == down
+    assert {who for who, _ in lost} == {"a", "b"}
+    p.run_for(1)
+    a_rod = p.a.snapshot(cqd)["ordered_delivery"]
+    assert a_rod["snd_una"] == (2**32 - 20_000 + 1 + len(up)) % 2**32
+    assert a_rod["snd_una"] == a_rod["snd_max"]

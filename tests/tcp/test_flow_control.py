@@ -4,6 +4,7 @@ reopens it, and Nagle's algorithm (RFC 896, RFC 1122 4.2.3.4) vs TCP_NODELAY."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -84,8 +85,8 @@ def test_receiver_that_does_not_read_closes_the_window_and_gets_probed() -> None
     probes = [(t, h) for t, h, d in p.sent("a", since=t_closed) if not d]
     assert len(probes) >= 5
     assert all(h.seq_num == snd_una + -1 for _, h in probes)  # SEG.SEQ = SND.UNA - 1
-    gaps = [b[0] - a_[0] for a_, b in zip(probes, probes[1:])]
-    assert all(later >= earlier for earlier, later in zip(gaps, gaps[1:]))  # backoff
+    gaps = [b[0] - a_[0] for a_, b in itertools.pairwise(probes)]
+    assert all(later >= earlier for earlier, later in itertools.pairwise(gaps))  # backoff
     assert gaps[1] == pytest.approx(2 * gaps[0])
     assert max(gaps) <= 60.0 + 1e-9  # capped at zero_window_probe_max_s
     # each probe is answered, with the window still closed
@@ -125,7 +126,7 @@ def test_a_receiver_that_stays_closed_but_answers_probes_is_never_timed_out() ->
 
 def test_unanswered_zero_window_probes_eventually_time_out() -> None:
     p = PeerPair(TcpConfig(retries2=3))
-    cqd, sqd = small_receiver(p)
+    cqd, _sqd = small_receiver(p)
     p.a.push(cqd, b"z" * 10_000, p.now)
     p.run_for(1)
     qt = p.a.pop(cqd, None, p.now)
@@ -159,3 +160,28 @@ def test_sender_never_exceeds_the_peers_window() -> None:
     assert SeqNumber(p.a.snapshot(cqd)["ordered_delivery"]["snd_una"]) - SeqNumber(iss + 1) == (
         len(data)
     )
+
+
+def test_a_lost_window_update_is_recovered_by_the_next_probe() -> None:
+    p = PeerPair()
+    cqd, sqd = small_receiver(p)
+    data = random.Random(4).randbytes(12_000)
+    p.a.push(cqd, data, p.now)
+    p.run_for(2)
+    assert p.a.snapshot(cqd)["flow_control"]["snd_wnd"] == 0
+    lost: list = []
+
+    def drop_window_update(who, h, d) -> bool:
+        if who == "b" and h.window > 0 and not lost:
+            lost.append(p.now)
+            return False
+        return True
+
+    p.filter = drop_window_update
+    probe_due = p.a.snapshot(cqd)["flow_control"]["probe_deadline"]
+    first = p.wait("b", p.b.pop(sqd, None, p.now))
+    assert lost  # the update the read triggered never arrived
+    rest = p.read("b", sqd, len(data) - len(first.data), timeout_s=600)
+    assert first.data + rest == data
+    resumed = [t for t, _, d in p.sent("a", since=lost[0], data=True)]
+    assert resumed[0] == pytest.approx(probe_due + 2 * p.delay_s)  # the probe's answer

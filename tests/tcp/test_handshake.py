@@ -168,11 +168,6 @@ def test_no_window_scaling_either_way_when_the_syn_omits_the_option() -> None:
     assert data_seg.window == 65535
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: SYN-ACK carries a window scale option although the SYN had none "
-    "(RFC 7323 2.2); see notes/core_bugs_from_tcp_tests.md",
-)
 def test_synack_has_no_window_scale_option_when_the_syn_had_none() -> None:
     _, _, synack = _handshake_with_a_syn_without_window_scale()
     assert synack.options is not None and synack.options.mss is not None
@@ -316,3 +311,46 @@ def test_syn_backlog_bounds_half_open_connections() -> None:
     assert all(c.errno == 0 for c in done)
     accepted = [p.wait("b", p.b.accept(lqd)) for _ in qds]
     assert {c.addr for c in accepted} == {p.a.getsockname(q) for q in qds}
+
+
+# -- a lost final ACK -----------------------------------------------------------------------
+def lose_the_handshake_ack(p: PeerPair) -> None:
+    lost: list = []
+
+    def drop(who, h, d) -> bool:
+        if who == "a" and h.flags == ACK and not d and not lost:
+            lost.append(h)
+            return False
+        return True
+
+    p.filter = drop
+
+
+def test_lost_final_ack_is_repaired_when_the_client_answers_the_synack_retransmission() -> None:
+    p = PeerPair(TcpConfig(rto_initial_s=1.0), TcpConfig(rto_initial_s=1.0))
+    lose_the_handshake_ack(p)
+    lqd = listen(p)
+    aqt = p.b.accept(lqd)
+    cqd = p.a.socket()
+    assert p.wait("a", p.a.connect(cqd, (B_IP, 8080), p.now)).errno == 0
+    c = p.wait("b", aqt)
+    assert c.errno == 0
+    synacks = [t for t, _, _ in p.sent("b", flags=SYN | ACK)]
+    assert synacks == pytest.approx([0.001, 1.001])
+    assert p.now == pytest.approx(1.001 + 2 * p.delay_s)  # the client's re-ACK arrived
+    p.a.push(cqd, b"ok", p.now)
+    assert p.read("b", c.new_qd, 2) == b"ok"
+
+
+def test_lost_final_ack_is_repaired_by_the_clients_first_data_segment() -> None:
+    p = PeerPair(TcpConfig(rto_initial_s=1.0), TcpConfig(rto_initial_s=1.0))
+    lose_the_handshake_ack(p)
+    lqd = listen(p)
+    aqt = p.b.accept(lqd)
+    cqd = p.a.socket()
+    p.wait("a", p.a.connect(cqd, (B_IP, 8080), p.now))
+    p.a.push(cqd, b"GET / HTTP/1.0\r\n\r\n", p.now)  # carries the ACK too
+    c = p.wait("b", aqt)
+    assert p.now < 0.1  # no need to wait for a SYN-ACK retransmission
+    assert p.read("b", c.new_qd, 18) == b"GET / HTTP/1.0\r\n\r\n"
+    assert len(p.sent("b", flags=SYN | ACK)) == 1

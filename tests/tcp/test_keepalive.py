@@ -48,7 +48,7 @@ def test_keepalive_probes_an_idle_connection_and_a_live_peer_answers() -> None:
     probes = p.sent("a", since=t0)
     assert len(probes) >= 3
     snd_una = SeqNumber(p.a.snapshot(cqd)["ordered_delivery"]["snd_una"])
-    for t, h, d in probes:
+    for _t, h, d in probes:
         assert h.flags == ACK and not d and h.seq_num == snd_una + -1
     # first probe after TCP_KEEPIDLE of silence; each answer restarts the idle clock
     assert probes[0][0] == pytest.approx(heard + IDLE)

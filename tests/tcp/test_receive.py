@@ -161,11 +161,11 @@ def test_lost_segment_in_a_transfer_is_recovered_and_the_receiver_held_the_rest(
 # -- delayed ACK ----------------------------------------------------------------------------
 def test_a_single_small_segment_is_acked_after_the_delayed_ack_timeout() -> None:
     p = PeerPair()
-    _, cqd, sqd = p.connect()
+    _, cqd, _sqd = p.connect()
     t0 = p.now
     p.a.push(cqd, b"ping", p.now)
     p.run_for(1)
-    (t_data, data_hdr, _), = p.sent("a", since=t0, data=True)
+    ((t_data, data_hdr, _),) = p.sent("a", since=t0, data=True)
     acks = [(t, h) for t, h, _ in p.sent("b", since=t0) if h.ack_num == data_hdr.seq_num + 4]
     assert len(acks) == 1
     assert acks[0][0] == pytest.approx(t_data + p.delay_s + 0.040)
@@ -177,14 +177,14 @@ def test_delayed_ack_timeout_is_configurable() -> None:
     t0 = p.now
     p.a.push(cqd, b"ping", p.now)
     p.run_for(1)
-    (t_data, _, _), = p.sent("a", since=t0, data=True)
-    (t_ack, _, _), = p.sent("b", since=t0)
+    ((t_data, _, _),) = p.sent("a", since=t0, data=True)
+    ((t_ack, _, _),) = p.sent("b", since=t0)
     assert t_ack == pytest.approx(t_data + p.delay_s + 0.1)
 
 
 def test_two_full_sized_segments_are_acked_immediately() -> None:
     p = PeerPair()
-    _, cqd, sqd = p.connect()
+    _, cqd, _sqd = p.connect()
     t0 = p.now
     p.a.push(cqd, b"x" * 2920, p.now)
     p.run_for(1)
@@ -213,3 +213,43 @@ def test_a_reply_carries_the_ack_and_no_separate_ack_is_sent() -> None:
     b_segs = p.sent("b", since=t0)
     assert len(b_segs) == 1 and b_segs[0][2] == b"response"
     assert b_segs[0][1].ack_num == p.sent("a", since=t0, data=True)[0][1].seq_num + 7
+
+
+# -- the ACK field (RFC 9293 3.10.7.4 fifth step, RFC 5961 5.2) -----------------------------
+def test_segment_acking_data_never_sent_is_answered_with_an_ack_and_dropped() -> None:
+    r = Receiver()
+    p = r.p
+    snd_max = SeqNumber(r.rod()["snd_max"])
+    n = len(p.sent("b"))
+    p.inject("b", segment(r.a_port, 8080, r.base, snd_max + 1000, ACK | PSH), b"ignored")
+    replies = [h for _, h, _ in p.sent("b")[n:]]
+    assert [(h.flags, h.ack_num - r.base) for h in replies] == [(ACK, 0)]
+    assert r.rcv_nxt_offset() == 0 and r.readable() == b""
+
+
+def test_ack_far_older_than_the_send_window_draws_a_challenge_ack_and_is_dropped() -> None:
+    r = Receiver()
+    p = r.p
+    snd_una = SeqNumber(r.rod()["snd_una"])
+    max_wnd = p.b.snapshot(r.sqd)["flow_control"]["max_snd_wnd"]
+    n = len(p.sent("b"))
+    too_old = snd_una + -(max_wnd + 10_000)
+    p.inject("b", segment(r.a_port, 8080, r.base, too_old, ACK | PSH), b"suspicious")
+    replies = [h for _, h, _ in p.sent("b")[n:]]
+    assert [(h.flags, h.ack_num - r.base) for h in replies] == [(ACK, 0)]
+    assert p.b.counters["tcp_challenge_acks"] == 1
+    assert r.rcv_nxt_offset() == 0  # its data was not taken
+
+
+def test_slightly_old_ack_is_ignored_but_its_data_is_taken() -> None:
+    r = Receiver()
+    p = r.p
+    p.b.push(r.sqd, b"from b", p.now)  # so SND.UNA moves once a acks it
+    p.inject(
+        "b",
+        segment(r.a_port, 8080, r.base, SeqNumber(r.rod()["snd_nxt"]), ACK),
+    )
+    assert r.rod()["unacked_bytes"] == 0
+    old = SeqNumber(r.rod()["snd_una"]) + -3  # behind SND.UNA, within MAX.SND.WND
+    p.inject("b", segment(r.a_port, 8080, r.base, old, ACK | PSH), b"data")
+    assert r.readable() == b"data"

@@ -103,12 +103,6 @@ def test_syn_in_window_on_an_established_connection_draws_a_challenge_ack() -> N
     assert e.p.state("b", e.sqd) == "ESTABLISHED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a SYN outside the window gets a plain dup ACK, not a rate-limited "
-    "challenge ACK (RFC 5961 4.2 'irrespective of the sequence number'); see "
-    "notes/core_bugs_from_tcp_tests.md",
-)
 def test_old_syn_on_an_established_connection_draws_a_counted_challenge_ack() -> None:
     e = Established()
     irs = SeqNumber(e.b_rod()["irs"])  # a retransmission of the original SYN

@@ -92,7 +92,7 @@ def test_karn_no_rtt_sample_from_a_retransmitted_segment() -> None:
 
 
 def test_retransmission_gives_up_after_retries2_with_etimedout() -> None:
-    p, cqd, sqd, first = connected(TcpConfig(retries2=3))
+    p, cqd, _sqd, first = connected(TcpConfig(retries2=3))
     p.a.setsockopt(cqd, "SO_SNDBUF", 4096)
     p.filter = lambda who, h, d: not (who == "a" and d)  # a's data never arrives
     pop = p.a.pop(cqd, None, p.now)
@@ -175,7 +175,7 @@ def test_fast_retransmit_after_three_dup_acks_before_any_rto() -> None:
 
 
 def test_cwnd_grows_during_a_transfer_and_shrinks_on_loss() -> None:
-    p, cqd, sqd, first = connected()
+    p, cqd, sqd, _first = connected()
     initial = cc(p, cqd)["cwnd"]
     assert initial == 10 * MSS  # RFC 6928 IW10
     data = random.Random(3).randbytes(300 * MSS)
@@ -238,3 +238,21 @@ def test_rto_collapses_cwnd_to_one_segment() -> None:
     p.a.push(cqd, b"lonely", p.now)  # one segment: no dup ACKs, only the timer
     p.read("b", sqd, 6)
     assert cwnd_at_retx == [MSS]
+
+
+def test_rto_follows_the_measured_rtt_above_the_floor() -> None:
+    p = PeerPair(delay_s=0.15)  # RTT 300 ms
+    _, cqd, sqd = p.connect()
+    p.a.setsockopt(cqd, "TCP_NODELAY", 1)
+    snap = cc(p, cqd)
+    assert snap["rto_srtt_s"] == pytest.approx(0.3)  # the handshake's sample
+    assert snap["rto_rttvar_s"] == pytest.approx(0.15)
+    rto = snap["rto_s"]
+    assert rto == pytest.approx(0.3 + 4 * 0.15)  # RFC 6298 2.2
+    first = SeqNumber(p.a.snapshot(cqd)["ordered_delivery"]["snd_nxt"])
+    p.filter = Dropper(p, first, times=1)
+    t0 = p.now
+    p.a.push(cqd, b"slow link", p.now)
+    p.read("b", sqd, 9)
+    sends = [t - t0 for t, _, d in p.sent("a", since=t0, data=True)]
+    assert sends == pytest.approx([0, rto])

@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * xdpstack XDP program: steer the daemon's traffic into AF_XDP sockets, pass the rest.
+ *
+ * Compiled and loaded at daemon start by bcc (daemon/xdpstackd/datapath/xdp_program.py),
+ * which supplies these -D options:
+ *   XDPSTACK_MAX_QUEUES   entries of the XSKMAP (one AF_XDP socket per rx queue)
+ *   XDPSTACK_MAX_STEER    entries of the steering hash
+ *
+ * Per frame, in order:
+ *   1. Ethernet. A frame too short for an Ethernet header is MALFORMED (passed).
+ *      VLAN-tagged frames are passed untouched (counted VLAN): the daemon does not do VLANs.
+ *   2. ARP (owned-address mode only): a well-formed Ethernet/IPv4 ARP packet whose target
+ *      protocol address is the owned address goes to the daemon. Anything else is passed.
+ *   3. IPv4: version 4, IHL >= 5, header (with options) inside the frame, total length
+ *      >= IHL*4 and not past the end of the frame (trailing padding is allowed). Otherwise
+ *      MALFORMED, passed so the kernel decides (and counts) what to do with it.
+ *      Fragments are passed (FRAGMENTS): the daemon does not reassemble.
+ *   4. ICMP to the owned address (owned mode) goes to the daemon.
+ *   5. TCP: the destination port is read from the TCP header at IHL*4 (a TCP header shorter
+ *      than 20 bytes is MALFORMED). The steering map is looked up with the exact
+ *      {destination address, port}, then with the wildcard {0, port}. A hit goes to the
+ *      daemon; in owned mode with XDPSTACK_F_OWNED_TCP_ALL, so does every TCP segment to
+ *      the owned address (the daemon answers closed ports with RST itself).
+ *   6. Everything else: XDP_PASS.
+ *
+ * "Goes to the daemon" is bpf_redirect_map(&xsks, rx_queue_index, XDP_PASS): when the
+ * rx queue's XSKMAP slot is empty (the daemon is not serving that queue, or it is starting
+ * or stopping) the helper returns XDP_PASS and the kernel gets the frame (counted NO_XSK
+ * and PASSED). A helper-level redirect can still fail later inside the kernel (an XSK bound
+ * to another device or queue, a full rx ring); the kernel counts those drops, not us.
+ *
+ * The program never returns XDP_DROP: a frame it does not want to handle is the kernel's.
+ * DROPPED exists so that the counter set is stable for xdpstackctl; it stays 0.
+ *
+ * Counter accounting: each frame adds 1 to exactly one of PASSED, REDIRECTED or DROPPED.
+ * The other counters say why, and overlap with those three (a malformed frame counts in
+ * MALFORMED and in PASSED; a redirected ARP packet in ARP_REDIRECTED and REDIRECTED).
+ * Keep enum xdpstack_counter in step with COUNTER_NAMES in xdp_program.py (a test checks).
+ *
+ * Every packet access is checked against data_end first (the verifier insists).
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/if_arp.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/tcp.h>
+
+#ifndef XDPSTACK_MAX_QUEUES
+#define XDPSTACK_MAX_QUEUES 64
+#endif
+#ifndef XDPSTACK_MAX_STEER
+#define XDPSTACK_MAX_STEER 16384
+#endif
+
+/* config.flags */
+#define XDPSTACK_F_OWNED_TCP_ALL 0x1 /* owned mode: all TCP to the owned address */
+
+#define XDPSTACK_IP_MF 0x2000
+#define XDPSTACK_IP_OFFSET 0x1fff
+
+enum xdpstack_counter {
+    XDPSTACK_C_PASSED = 0,      /* verdict XDP_PASS */
+    XDPSTACK_C_REDIRECTED,      /* verdict XDP_REDIRECT (into an AF_XDP socket) */
+    XDPSTACK_C_DROPPED,         /* verdict XDP_DROP: never, kept for a stable set */
+    XDPSTACK_C_MALFORMED,       /* truncated or inconsistent Ethernet/ARP/IPv4/TCP; passed */
+    XDPSTACK_C_TCP_REDIRECTED,  /* TCP segments redirected */
+    XDPSTACK_C_ARP_REDIRECTED,  /* ARP for the owned address redirected */
+    XDPSTACK_C_ICMP_REDIRECTED, /* ICMP to the owned address redirected */
+    XDPSTACK_C_NO_XSK,          /* for the daemon, but its queue's XSKMAP slot empty; passed */
+    XDPSTACK_C_FRAGMENTS,       /* IPv4 fragments; passed */
+    XDPSTACK_C_VLAN,            /* VLAN-tagged frames; passed */
+    XDPSTACK_C_MAX,
+};
+
+struct steer_key {
+    __be32 addr; /* local IPv4 address, network order; 0 = any local address */
+    __be16 port; /* local TCP port, network order */
+    __u16 pad;   /* always 0 */
+};
+
+struct xdpstack_config {
+    __be32 owned_addr; /* network order; 0 = shared mode */
+    __u32 flags;       /* XDPSTACK_F_* */
+};
+
+struct arp_ipv4 {
+    struct arphdr hdr;
+    __u8 sha[ETH_ALEN];
+    __u8 spa[4];
+    __u8 tha[ETH_ALEN];
+    __u8 tpa[4];
+} __attribute__((packed));
+
+BPF_HASH(steering, struct steer_key, __u32, XDPSTACK_MAX_STEER);
+BPF_XSKMAP(xsks, XDPSTACK_MAX_QUEUES);
+BPF_PERCPU_ARRAY(counters, __u64, XDPSTACK_C_MAX);
+BPF_ARRAY(config, struct xdpstack_config, 1);
+
+static __always_inline void count(__u32 idx)
+{
+    __u64 *value = counters.lookup(&idx);
+    if (value)
+        *value += 1; /* per-CPU: no atomics needed */
+}
+
+static __always_inline int pass(void)
+{
+    count(XDPSTACK_C_PASSED);
+    return XDP_PASS;
+}
+
+static __always_inline int malformed(void)
+{
+    count(XDPSTACK_C_MALFORMED);
+    return pass();
+}
+
+/* Hand the frame to the daemon's AF_XDP socket of this rx queue, or to the kernel. */
+static __always_inline int to_daemon(struct xdp_md *ctx, __u32 reason)
+{
+    int action = xsks.redirect_map(ctx->rx_queue_index, XDP_PASS);
+    if (action == XDP_REDIRECT) {
+        count(XDPSTACK_C_REDIRECTED);
+        count(reason);
+        return XDP_REDIRECT;
+    }
+    count(XDPSTACK_C_NO_XSK);
+    return pass();
+}
+
+static __always_inline int steered(__be32 daddr, __be16 dport)
+{
+    struct steer_key key = {};
+    key.addr = daddr;
+    key.port = dport;
+    if (steering.lookup(&key))
+        return 1;
+    key.addr = 0;
+    return steering.lookup(&key) != NULL;
+}
+
+int xdpstack_rx(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    __u32 zero = 0;
+    __be32 owned = 0;
+    __u32 flags = 0;
+
+    if ((void *)(eth + 1) > data_end)
+        return malformed();
+
+    struct xdpstack_config *cfg = config.lookup(&zero);
+    if (cfg) {
+        owned = cfg->owned_addr;
+        flags = cfg->flags;
+    }
+
+    __be16 proto = eth->h_proto;
+    if (proto == htons(ETH_P_8021Q) || proto == htons(ETH_P_8021AD)) {
+        count(XDPSTACK_C_VLAN);
+        return pass();
+    }
+
+    if (proto == htons(ETH_P_ARP)) {
+        if (!owned)
+            return pass();
+        struct arp_ipv4 *arp = (void *)(eth + 1);
+        if ((void *)(arp + 1) > data_end)
+            return malformed();
+        if (arp->hdr.ar_hrd != htons(ARPHRD_ETHER) || arp->hdr.ar_pro != htons(ETH_P_IP) ||
+            arp->hdr.ar_hln != ETH_ALEN || arp->hdr.ar_pln != 4)
+            return pass(); /* some other ARP flavour: not ours */
+        __be32 tpa;
+        __builtin_memcpy(&tpa, arp->tpa, sizeof(tpa));
+        if (tpa != owned)
+            return pass();
+        return to_daemon(ctx, XDPSTACK_C_ARP_REDIRECTED);
+    }
+
+    if (proto != htons(ETH_P_IP))
+        return pass();
+
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > data_end)
+        return malformed();
+    if (ip->version != 4 || ip->ihl < 5)
+        return malformed();
+    __u32 ihl_bytes = (__u32)ip->ihl * 4; /* 20..60 */
+    if ((void *)ip + ihl_bytes > data_end)
+        return malformed();
+    __u32 tot_len = ntohs(ip->tot_len);
+    if (tot_len < ihl_bytes || (void *)ip + tot_len > data_end)
+        return malformed();
+
+    if (ip->frag_off & htons(XDPSTACK_IP_MF | XDPSTACK_IP_OFFSET)) {
+        count(XDPSTACK_C_FRAGMENTS);
+        return pass();
+    }
+
+    __be32 daddr = ip->daddr;
+    if (ip->protocol == IPPROTO_ICMP) {
+        if (owned && daddr == owned)
+            return to_daemon(ctx, XDPSTACK_C_ICMP_REDIRECTED);
+        return pass();
+    }
+    if (ip->protocol != IPPROTO_TCP)
+        return pass();
+
+    struct tcphdr *tcp = (void *)ip + ihl_bytes;
+    if ((void *)(tcp + 1) > data_end || tot_len < ihl_bytes + sizeof(*tcp) || tcp->doff < 5)
+        return malformed();
+
+    if (steered(daddr, tcp->dest) ||
+        (owned && daddr == owned && (flags & XDPSTACK_F_OWNED_TCP_ALL)))
+        return to_daemon(ctx, XDPSTACK_C_TCP_REDIRECTED);
+    return pass();
+}

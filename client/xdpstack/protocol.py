@@ -1,0 +1,609 @@
+"""The wire format between ``xdpstackd`` and its clients (one Unix stream socket each).
+
+Shared by the daemon's API server and the client library; pure functions on bytes, no
+I/O. All integers are little-endian.
+
+Hello (once, right after connecting)
+    client -> daemon: ``HELLO`` = magic ``b"XDPS"``, u16 version, u16 flags (0): 8 bytes.
+    daemon -> client: a ``HELLO`` frame whose payload is ``SERVER_HELLO`` (u16 version,
+    u16 flags, u32 client id, u32 max payload), or an ``ERROR`` frame (EPROTO for a bad
+    magic, EPROTONOSUPPORT for another version, ECONNREFUSED when the daemon is full),
+    after which the daemon closes the connection.
+
+Frames (both directions, after the hello)
+    ``HEADER`` = u32 length of the rest (8 + payload), u8 frame type, u8 op, u16 flags,
+    u32 request id; then the payload. A payload larger than the receiver's maximum
+    (:data:`DEFAULT_MAX_PAYLOAD` unless agreed otherwise) is an error: the daemon answers
+    EMSGSIZE and closes that client.
+
+Frame types
+    REQUEST (client -> daemon, ``op`` says which call), REPLY (ok: a tagged value),
+    ERROR (u32 errno + UTF-8 message), COMPLETION (asynchronous, request id 0; payload
+    ``COMPLETION`` = u64 qt, u32 qd, u32 new_qd, u8 opcode, u8 flags, u16 errno, 4-byte
+    IPv4 address, u16 port, then the popped data), HELLO (the daemon's answer to hello).
+
+Request payloads (``qd`` is u32, an address is 4 bytes + u16 port)
+    SOCKET: empty. BIND, CONNECT: qd, addr. LISTEN: qd, u32 backlog. PUSH: qd, data.
+    POP: qd, u32 size (0: no limit; the daemon clamps to what one frame carries).
+    ACCEPT, CLOSE, ABORT, SHUTDOWN, GETSOCKNAME, GETPEERNAME: qd.
+    SETSOCKOPT: qd, u8 name length, ASCII name, tagged value. GETSOCKOPT: qd, name.
+    Control ops (STATUS, CONNECTIONS, SHOW, STATS, STEERING, ABORT_CONN, CAPTURE): a JSON
+    object (empty payload = ``{}``); the reply is a JSON value. They are for
+    ``xdpstackctl``, never on the data path.
+
+Tagged values (REPLY payloads, SETSOCKOPT values)
+    u8 tag, then: NONE nothing; INT i64; FLOAT f64; ADDR 4 bytes + u16; JSON / STR UTF-8.
+
+Decoding is total: any malformed input raises :class:`ProtocolError` (with an ``errno``
+the daemon can answer with) and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno as _errno
+import json
+import socket as _socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAGIC = b"XDPS"
+
+#: Most data bytes one PUSH request or POP completion carries.
+MAX_DATA = 1 << 20
+#: Room in a frame's payload beyond its data (the largest fixed part is a completion's).
+PAYLOAD_OVERHEAD = 64
+#: Largest payload either side accepts unless the hello says otherwise.
+DEFAULT_MAX_PAYLOAD = MAX_DATA + PAYLOAD_OVERHEAD
+
+HELLO = struct.Struct("<4sHH")  # magic, version, flags
+SERVER_HELLO = struct.Struct("<HHII")  # version, flags, client id, max payload
+HEADER = struct.Struct("<IBBHI")  # length of the rest, frame type, op, flags, request id
+HEADER_SIZE = HEADER.size  # 12
+LENGTH_REST = HEADER_SIZE - 4  # the header bytes the length field counts
+
+_U8 = struct.Struct("<B")
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+_F64 = struct.Struct("<d")
+_ADDR = struct.Struct("<4sH")
+_QD = _U32
+_QD_ADDR = struct.Struct("<I4sH")
+_QD_U32 = struct.Struct("<II")
+_ERROR = _U32
+COMPLETION = struct.Struct("<QIIBBH4sH")  # qt, qd, new_qd, opcode, flags, errno, ip, port
+
+# Header + qd of a PUSH, packed together (the data follows in a second buffer).
+_PUSH_HEAD = struct.Struct("<IBBHII")
+
+U32_MAX = 0xFFFFFFFF
+U64_MAX = (1 << 64) - 1
+
+
+class FrameType(enum.IntEnum):
+    REQUEST = 1
+    REPLY = 2
+    ERROR = 3
+    COMPLETION = 4
+    HELLO = 5
+
+
+class Op(enum.IntEnum):
+    NONE = 0
+    SOCKET = 1
+    BIND = 2
+    LISTEN = 3
+    ACCEPT = 4
+    CONNECT = 5
+    PUSH = 6
+    POP = 7
+    CLOSE = 8
+    ABORT = 9
+    SHUTDOWN = 10
+    SETSOCKOPT = 11
+    GETSOCKOPT = 12
+    GETSOCKNAME = 13
+    GETPEERNAME = 14
+    # control ops (JSON payloads), for xdpstackctl
+    STATUS = 64
+    CONNECTIONS = 65
+    SHOW = 66
+    STATS = 67
+    STEERING = 68
+    ABORT_CONN = 69
+    CAPTURE = 70
+
+
+CONTROL_OPS = frozenset(
+    {Op.STATUS, Op.CONNECTIONS, Op.SHOW, Op.STATS, Op.STEERING, Op.ABORT_CONN, Op.CAPTURE}
+)
+_OPS = {int(op): op for op in Op}
+_FRAME_TYPES = {int(t): t for t in FrameType}
+
+
+class OpCode(enum.IntEnum):
+    """What a queue token was for (the same numbers as the stack's ``OpCode``)."""
+
+    ACCEPT = 1
+    CONNECT = 2
+    PUSH = 3
+    POP = 4
+
+
+_OPCODES = {int(c): c for c in OpCode}
+
+# COMPLETION flags
+C_HAS_NEW_QD = 0x01
+C_HAS_ADDR = 0x02
+
+# Value tags
+V_NONE = 0
+V_INT = 1
+V_FLOAT = 2
+V_ADDR = 3
+V_JSON = 4
+V_STR = 5
+
+MAX_OPTION_NAME = 64
+
+
+class ProtocolError(Exception):
+    """Malformed, truncated, oversized or unknown input. The only error decoding raises.
+
+    ``errno`` is what the daemon answers with: EINVAL (malformed), EMSGSIZE (too large),
+    ENOSYS (unknown op), EPROTO (not a frame / bad magic), EPROTONOSUPPORT (version).
+    """
+
+    def __init__(self, message: str, errno: int = _errno.EINVAL) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+@dataclass(slots=True, frozen=True)
+class Frame:
+    type: int
+    op: int
+    flags: int
+    request_id: int
+    payload: bytes | memoryview
+
+
+@dataclass(slots=True, frozen=True)
+class WireCompletion:
+    """A COMPLETION frame's payload, decoded."""
+
+    qt: int
+    qd: int
+    opcode: OpCode
+    errno: int
+    data: bytes
+    addr: tuple[str, int] | None
+    new_qd: int | None
+
+
+# =====================================================================================
+# hello
+# =====================================================================================
+def encode_hello(version: int = PROTOCOL_VERSION) -> bytes:
+    return HELLO.pack(MAGIC, version, 0)
+
+
+def decode_hello(data: bytes | memoryview) -> int:
+    """The client's hello -> its version. Bad magic or length -> ProtocolError(EPROTO)."""
+    if len(data) != HELLO.size:
+        raise ProtocolError(f"hello is {HELLO.size} bytes, got {len(data)}", _errno.EPROTO)
+    magic, version, _flags = HELLO.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError("not an xdpstack client (bad magic)", _errno.EPROTO)
+    return version
+
+
+def encode_server_hello(client_id: int, max_payload: int) -> bytes:
+    return encode_frame(
+        FrameType.HELLO,
+        Op.NONE,
+        0,
+        SERVER_HELLO.pack(PROTOCOL_VERSION, 0, client_id & U32_MAX, max_payload),
+    )
+
+
+def decode_server_hello(payload: bytes | memoryview) -> tuple[int, int, int]:
+    """-> (version, client id, max payload)."""
+    if len(payload) < SERVER_HELLO.size:
+        raise ProtocolError("truncated server hello")
+    version, _flags, client_id, max_payload = SERVER_HELLO.unpack_from(payload)
+    if max_payload < PAYLOAD_OVERHEAD + 1:
+        raise ProtocolError(f"server hello: max payload {max_payload} is too small")
+    return version, client_id, max_payload
+
+
+# =====================================================================================
+# frames
+# =====================================================================================
+def encode_frame(
+    frame_type: int, op: int, request_id: int, payload: bytes | bytearray = b"", flags: int = 0
+) -> bytes:
+    return HEADER.pack(LENGTH_REST + len(payload), frame_type, op, flags, request_id) + payload
+
+
+def frame_length(buf: bytes | bytearray | memoryview, offset: int = 0) -> int | None:
+    """Total size (header + payload) of the frame starting at ``offset``, or None when
+    fewer than 4 bytes are there. Does not check bounds; see :func:`decode_frame`."""
+    if len(buf) - offset < 4:
+        return None
+    return _U32.unpack_from(buf, offset)[0] + 4
+
+
+def decode_frame(
+    buf: bytes | bytearray | memoryview, offset: int = 0, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> tuple[Frame, int] | None:
+    """Decode the frame at ``buf[offset:]``.
+
+    Returns ``(frame, next_offset)``, or None when the frame is not complete yet. The
+    payload is a memoryview into ``buf`` (copy it before changing ``buf``). Raises
+    ProtocolError for a length below the header's (EINVAL), a payload above
+    ``max_payload`` (EMSGSIZE; known from the first 4 bytes already) or an unknown frame
+    type (EINVAL). The op is not checked here (see :func:`decode_request`).
+    """
+    avail = len(buf) - offset
+    if avail < 4 or offset < 0:
+        return None
+    (rest,) = _U32.unpack_from(buf, offset)
+    if rest < LENGTH_REST:
+        raise ProtocolError(f"frame length {rest} is shorter than the header")
+    if rest - LENGTH_REST > max_payload:
+        raise ProtocolError(
+            f"frame payload of {rest - LENGTH_REST} bytes exceeds the limit of {max_payload}",
+            _errno.EMSGSIZE,
+        )
+    end = offset + 4 + rest
+    if len(buf) < end:
+        return None
+    _, ftype, op, flags, request_id = HEADER.unpack_from(buf, offset)
+    if ftype not in _FRAME_TYPES:
+        raise ProtocolError(f"unknown frame type {ftype}")
+    payload = memoryview(buf)[offset + HEADER_SIZE : end]
+    return Frame(ftype, op, flags, request_id, payload), end
+
+
+# =====================================================================================
+# addresses and tagged values
+# =====================================================================================
+def encode_addr(addr: Any) -> bytes:
+    """``(ip, port)`` -> 6 bytes. ``""`` means 0.0.0.0. ValueError/TypeError when bad."""
+    try:
+        ip, port = addr
+    except (TypeError, ValueError):
+        raise TypeError(f"an address is an (ip, port) tuple, got {addr!r}") from None
+    if not isinstance(ip, str):
+        raise TypeError(f"the IP address must be a str, got {ip!r}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"the port must be an int, got {port!r}")
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} is outside 0-65535")
+    try:
+        packed = _socket.inet_pton(_socket.AF_INET, ip or "0.0.0.0")
+    except OSError:
+        raise ValueError(f"{ip!r} is not an IPv4 address") from None
+    return _ADDR.pack(packed, port)
+
+
+def _addr_from(packed: bytes, port: int) -> tuple[str, int]:
+    return (_socket.inet_ntoa(packed), port)
+
+
+def decode_addr(data: bytes | memoryview, offset: int = 0) -> tuple[str, int]:
+    if len(data) - offset < _ADDR.size or offset < 0:
+        raise ProtocolError("truncated address")
+    packed, port = _ADDR.unpack_from(data, offset)
+    return _addr_from(packed, port)
+
+
+def encode_value(value: Any) -> bytes:
+    """A Python value -> tagged bytes. None, bool/int (i64), float, (ip, port), str;
+    anything else JSON-encodable goes as JSON."""
+    if value is None:
+        return b"\x00"
+    if isinstance(value, bool | int):
+        value = int(value)
+        if -(1 << 63) <= value < (1 << 63):
+            return _U8.pack(V_INT) + _I64.pack(value)
+        return _U8.pack(V_JSON) + json.dumps(value).encode()
+    if isinstance(value, float):
+        return _U8.pack(V_FLOAT) + _F64.pack(value)
+    if isinstance(value, str):
+        return _U8.pack(V_STR) + value.encode("utf-8", "surrogatepass")
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    ):
+        try:
+            return _U8.pack(V_ADDR) + encode_addr(value)
+        except (TypeError, ValueError):
+            pass
+    return _U8.pack(V_JSON) + json_dumps(value).encode()
+
+
+def decode_value(data: bytes | memoryview, offset: int = 0) -> Any:
+    """Tagged bytes at ``data[offset:]`` (to the end) -> the value."""
+    n = len(data) - offset
+    if n < 1 or offset < 0:
+        raise ProtocolError("missing value")
+    tag = data[offset]
+    body = n - 1
+    if tag == V_NONE:
+        if body:
+            raise ProtocolError("trailing bytes after a NONE value")
+        return None
+    if tag == V_INT:
+        if body != 8:
+            raise ProtocolError("an INT value is 8 bytes")
+        return _I64.unpack_from(data, offset + 1)[0]
+    if tag == V_FLOAT:
+        if body != 8:
+            raise ProtocolError("a FLOAT value is 8 bytes")
+        return _F64.unpack_from(data, offset + 1)[0]
+    if tag == V_ADDR:
+        if body != _ADDR.size:
+            raise ProtocolError("an ADDR value is 6 bytes")
+        return decode_addr(data, offset + 1)
+    if tag == V_STR:
+        return _utf8(data[offset + 1 :])
+    if tag == V_JSON:
+        return _json_loads(data[offset + 1 :])
+    raise ProtocolError(f"unknown value tag {tag}")
+
+
+def _utf8(data: bytes | memoryview) -> str:
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("invalid UTF-8") from None
+
+
+def _json_loads(data: bytes | memoryview) -> Any:
+    try:
+        return json.loads(_utf8(data))
+    except (ValueError, RecursionError):
+        raise ProtocolError("invalid JSON") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, enum.Enum):
+        return obj.value if isinstance(obj.value, int | str | float) else obj.name
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return bytes(obj).hex()
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    index = getattr(obj, "__index__", None) or getattr(obj, "__int__", None)
+    if index is not None:
+        try:
+            return int(index())
+        except Exception:
+            pass
+    return str(obj)
+
+
+def json_dumps(obj: Any) -> str:
+    """JSON for control replies: enums, sequence numbers, bytes and the like are made
+    plain (never raises for an odd type; it falls back to ``str``)."""
+    return json.dumps(obj, default=_json_default, separators=(",", ":"))
+
+
+# =====================================================================================
+# requests (client side encodes, daemon side decodes)
+# =====================================================================================
+def _check_u32(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, got {value!r}")
+    if not 0 <= value <= U32_MAX:
+        raise ValueError(f"{what} {value} is outside 0-{U32_MAX}")
+    return value
+
+
+def request(op: int, request_id: int, payload: bytes = b"") -> bytes:
+    return encode_frame(FrameType.REQUEST, op, request_id, payload)
+
+
+def request_qd(op: int, request_id: int, qd: int) -> bytes:
+    return request(op, request_id, _QD.pack(_check_u32(qd, "qd")))
+
+
+def request_addr(op: int, request_id: int, qd: int, addr: Any) -> bytes:
+    return request(op, request_id, _QD.pack(_check_u32(qd, "qd")) + encode_addr(addr))
+
+
+def request_listen(request_id: int, qd: int, backlog: int) -> bytes:
+    payload = _QD_U32.pack(_check_u32(qd, "qd"), _check_u32(backlog, "backlog"))
+    return request(Op.LISTEN, request_id, payload)
+
+
+def request_pop(request_id: int, qd: int, size: int | None) -> bytes:
+    size = 0 if size is None else _check_u32(size, "size")
+    return request(Op.POP, request_id, _QD_U32.pack(_check_u32(qd, "qd"), size))
+
+
+def request_push_head(request_id: int, qd: int, data_len: int) -> bytes:
+    """Header + qd of a PUSH; send ``data`` right after it (e.g. with ``sendmsg``)."""
+    return _PUSH_HEAD.pack(
+        LENGTH_REST + 4 + data_len,
+        FrameType.REQUEST,
+        Op.PUSH,
+        0,
+        request_id,
+        _check_u32(qd, "qd"),
+    )
+
+
+def _encode_option_name(name: str) -> bytes:
+    raw = name.encode("ascii", "replace")
+    if not 0 < len(raw) <= MAX_OPTION_NAME:
+        raise ValueError(f"option name must be 1-{MAX_OPTION_NAME} characters")
+    return _U8.pack(len(raw)) + raw
+
+
+def request_setsockopt(request_id: int, qd: int, name: str, value: Any) -> bytes:
+    payload = _QD.pack(_check_u32(qd, "qd")) + _encode_option_name(name) + encode_value(value)
+    return request(Op.SETSOCKOPT, request_id, payload)
+
+
+def request_getsockopt(request_id: int, qd: int, name: str) -> bytes:
+    payload = _QD.pack(_check_u32(qd, "qd")) + _encode_option_name(name)
+    return request(Op.GETSOCKOPT, request_id, payload)
+
+
+def request_control(op: int, request_id: int, args: dict[str, Any] | None = None) -> bytes:
+    return request(op, request_id, json_dumps(args or {}).encode())
+
+
+def _need(payload: bytes | memoryview, size: int, op: Op, exact: bool = True) -> None:
+    n = len(payload)
+    if n < size or (exact and n != size):
+        raise ProtocolError(f"{op.name}: payload of {n} bytes, expected {size}")
+
+
+def _decode_option_name(payload: bytes | memoryview, op: Op) -> tuple[str, int]:
+    _need(payload, 5, op, exact=False)
+    n = payload[4]
+    if n == 0 or n > MAX_OPTION_NAME or len(payload) < 5 + n:
+        raise ProtocolError(f"{op.name}: bad option name length {n}")
+    raw = bytes(payload[5 : 5 + n])
+    if not raw.isascii():
+        raise ProtocolError(f"{op.name}: option name is not ASCII")
+    return raw.decode("ascii"), 5 + n
+
+
+def decode_request(frame: Frame) -> tuple[Op, tuple[Any, ...]]:
+    """A REQUEST frame -> ``(op, args)`` with args as the Engine call takes them:
+
+    SOCKET ``()``; BIND/CONNECT ``(qd, (ip, port))``; LISTEN ``(qd, backlog)``;
+    PUSH ``(qd, data: bytes)``; POP ``(qd, size | None)``; ACCEPT/CLOSE/ABORT/
+    SHUTDOWN/GETSOCKNAME/GETPEERNAME ``(qd,)``; SETSOCKOPT ``(qd, name, value)``;
+    GETSOCKOPT ``(qd, name)``; control ops ``(dict,)``.
+    Unknown op -> ProtocolError(ENOSYS); malformed -> ProtocolError(EINVAL).
+    """
+    if frame.type != FrameType.REQUEST:
+        raise ProtocolError(f"expected a REQUEST frame, got type {frame.type}")
+    op = _OPS.get(frame.op)
+    if op is None or op is Op.NONE:
+        raise ProtocolError(f"unknown op {frame.op}", _errno.ENOSYS)
+    payload = frame.payload
+    if op is Op.PUSH:
+        _need(payload, 4, op, exact=False)
+        return op, (_QD.unpack_from(payload)[0], bytes(payload[4:]))
+    if op is Op.POP:
+        _need(payload, 8, op)
+        qd, size = _QD_U32.unpack_from(payload)
+        return op, (qd, size or None)
+    if op in _QD_ONLY:
+        _need(payload, 4, op)
+        return op, (_QD.unpack_from(payload)[0],)
+    if op is Op.SOCKET:
+        _need(payload, 0, op)
+        return op, ()
+    if op is Op.BIND or op is Op.CONNECT:
+        _need(payload, _QD_ADDR.size, op)
+        qd, packed, port = _QD_ADDR.unpack_from(payload)
+        return op, (qd, _addr_from(packed, port))
+    if op is Op.LISTEN:
+        _need(payload, 8, op)
+        return op, _QD_U32.unpack_from(payload)
+    if op is Op.SETSOCKOPT:
+        name, end = _decode_option_name(payload, op)
+        value = decode_value(payload, end)
+        if not isinstance(value, int | float):
+            raise ProtocolError("SETSOCKOPT: the value must be an INT or a FLOAT")
+        return op, (_QD.unpack_from(payload)[0], name, value)
+    if op is Op.GETSOCKOPT:
+        name, end = _decode_option_name(payload, op)
+        if end != len(payload):
+            raise ProtocolError("GETSOCKOPT: trailing bytes")
+        return op, (_QD.unpack_from(payload)[0], name)
+    # control ops
+    args = _json_loads(payload) if len(payload) else {}
+    if not isinstance(args, dict):
+        raise ProtocolError(f"{op.name}: the payload must be a JSON object")
+    return op, (args,)
+
+
+_QD_ONLY = frozenset({Op.ACCEPT, Op.CLOSE, Op.ABORT, Op.SHUTDOWN, Op.GETSOCKNAME, Op.GETPEERNAME})
+
+
+# =====================================================================================
+# replies, errors and completions (daemon side encodes, client side decodes)
+# =====================================================================================
+def reply(op: int, request_id: int, value: Any = None) -> bytes:
+    return encode_frame(FrameType.REPLY, op, request_id, encode_value(value))
+
+
+def error(op: int, request_id: int, err: int, message: str = "") -> bytes:
+    payload = _ERROR.pack(err & U32_MAX) + message.encode("utf-8", "replace")[:4096]
+    return encode_frame(FrameType.ERROR, op, request_id, payload)
+
+
+def decode_error(payload: bytes | memoryview) -> tuple[int, str]:
+    if len(payload) < 4:
+        raise ProtocolError("truncated ERROR frame")
+    (err,) = _ERROR.unpack_from(payload)
+    return err, bytes(payload[4:]).decode("utf-8", "replace")
+
+
+def completion_frame(
+    qt: int,
+    qd: int,
+    opcode: int,
+    err: int = 0,
+    data: bytes = b"",
+    addr: tuple[str, int] | None = None,
+    new_qd: int | None = None,
+) -> list[bytes]:
+    """A COMPLETION frame as buffers (header+fixed part, then the data if any).
+
+    Numbers are masked to their field widths (the stack reports a cancelled operation's
+    descriptor as -1, which goes out as 0xFFFFFFFF); this never raises for an int."""
+    flags = 0
+    if new_qd is not None:
+        flags |= C_HAS_NEW_QD
+    else:
+        new_qd = 0
+    packed_ip, port = b"\0\0\0\0", 0
+    if addr is not None:
+        flags |= C_HAS_ADDR
+        packed_ip, port = _ADDR.unpack(encode_addr(addr))
+    head = HEADER.pack(
+        LENGTH_REST + COMPLETION.size + len(data), FrameType.COMPLETION, Op.NONE, 0, 0
+    ) + COMPLETION.pack(
+        qt & U64_MAX,
+        qd & U32_MAX,
+        new_qd & U32_MAX,
+        opcode & 0xFF,
+        flags,
+        err & 0xFFFF,
+        packed_ip,
+        port,
+    )
+    return [head, data] if data else [head]
+
+
+def decode_completion(payload: bytes | memoryview) -> WireCompletion:
+    if len(payload) < COMPLETION.size:
+        raise ProtocolError("truncated COMPLETION frame")
+    qt, qd, new_qd, opcode, flags, err, packed_ip, port = COMPLETION.unpack_from(payload)
+    code = _OPCODES.get(opcode)
+    if code is None:
+        raise ProtocolError(f"unknown completion opcode {opcode}")
+    if flags & ~(C_HAS_NEW_QD | C_HAS_ADDR):
+        raise ProtocolError(f"unknown completion flags {flags:#x}")
+    return WireCompletion(
+        qt,
+        qd,
+        code,
+        err,
+        bytes(payload[COMPLETION.size :]),
+        _addr_from(packed_ip, port) if flags & C_HAS_ADDR else None,
+        new_qd if flags & C_HAS_NEW_QD else None,
+    )

@@ -1,0 +1,511 @@
+"""The daemon's Unix-socket API server: many clients, one Engine.
+
+Each accepted connection is a :class:`~xdpstackd.api.session.Session`. Requests are
+decoded with :mod:`xdpstack.protocol` and turned into Engine calls on the loop's thread;
+every request gets exactly one REPLY or ERROR frame, in order.
+
+Ownership: a descriptor belongs to the session that created it (``socket``) or accepted
+it (the accept completion's ``new_qd`` goes to the listener's session). Any call on a
+descriptor the session does not own is EBADF, exactly as for a number the stack never
+handed out. A session that goes away has its descriptors closed (``engine.close``), as a
+process exit closes its files.
+
+Completions: the Engine hands every completion to :meth:`ApiServer.on_completion`
+(``engine.completion_sink``). They are routed by queue token to the session that asked
+(by descriptor if the token is unknown). A call such as ``accept`` or ``pop`` can
+complete *inside* the Engine call that created the token, before the server knows the
+token; completions that arrive during a call are therefore held and routed right after
+the call's reply is written, so a client always sees the reply that names a token
+before the token's completion.
+
+Nothing a client sends can stop the daemon: decoding raises only ``ProtocolError``
+(answered with its errno; framing errors also close that client), an Engine call that
+fails with ``OSError`` is answered with its errno, and any other exception is logged
+and answered with EINVAL or EIO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import itertools
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable
+from typing import Any
+
+import xdpstack
+from xdpstack import protocol as P
+from xdpstackd.api.session import Session
+from xdpstackd.inetstack.completion import Completion
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CLIENTS = 1024
+DEFAULT_MAX_DESCRIPTORS = 65536  # per client, like RLIMIT_NOFILE
+DEFAULT_MAX_PENDING = 65536  # queue tokens per client not yet completed
+DEFAULT_WRITE_HIGH = 4 << 20  # above this a client's requests are not read
+DEFAULT_WRITE_HARD_LIMIT = 256 << 20  # above this a client is dropped
+LISTEN_BACKLOG = 128
+
+
+class ApiServer:
+    """Serve ``engine`` on the Unix socket ``path``.
+
+    ``await start()`` creates the socket (a stale file from a dead daemon is removed;
+    a live daemon on the same path makes it fail with EADDRINUSE), sets its mode and
+    group, and starts accepting. ``await stop()`` closes every client (their descriptors
+    are closed) and removes the socket file.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        path: str,
+        *,
+        group: str | int | None = None,
+        mode: int = 0o660,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        max_frame: int = P.DEFAULT_MAX_PAYLOAD,
+        max_descriptors: int = DEFAULT_MAX_DESCRIPTORS,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        write_high: int = DEFAULT_WRITE_HIGH,
+        write_hard_limit: int = DEFAULT_WRITE_HARD_LIMIT,
+        status_extra: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        if max_frame < P.PAYLOAD_OVERHEAD + 1 or max_frame > P.U32_MAX - P.HEADER_SIZE:
+            raise ValueError(f"max_frame {max_frame} is out of range")
+        self.engine = engine
+        self.path = os.fspath(path)
+        self.group = group
+        self.mode = mode
+        self.max_clients = max_clients
+        self.max_frame = max_frame  # largest frame payload, both directions
+        self.max_push = max_frame - 4
+        self.max_pop = max_frame - P.COMPLETION.size
+        self.max_descriptors = max_descriptors
+        self.max_pending = max_pending
+        self.write_high = write_high
+        self.write_hard_limit = max(write_hard_limit, write_high + 2 * max_frame)
+        self.status_extra = status_extra
+        self.sessions: dict[int, Session] = {}
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "clients_accepted",
+                "clients_refused",
+                "clients_dropped",
+                "requests",
+                "request_errors",
+                "protocol_errors",
+                "internal_errors",
+                "completions_routed",
+                "completions_dropped",
+                "orphan_descriptors_closed",
+            ),
+            0,
+        )
+        self._ids = itertools.count(1)
+        self._qt_owner: dict[int, Session] = {}
+        self._qd_owner: dict[int, Session] = {}
+        self._in_call = False
+        self._held: list[Completion] = []
+        self._server: asyncio.AbstractServer | None = None
+        self._file_id: tuple[int, int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous_sink: Callable[[Completion], None] | None = None
+        self._started_at = time.time()
+        self._handlers: dict[P.Op, Callable[..., Any]] = {
+            P.Op.SOCKET: self._socket,
+            P.Op.BIND: self._bind,
+            P.Op.LISTEN: self._listen,
+            P.Op.ACCEPT: self._accept,
+            P.Op.CONNECT: self._connect,
+            P.Op.PUSH: self._push,
+            P.Op.POP: self._pop,
+            P.Op.CLOSE: self._close,
+            P.Op.ABORT: self._abort,
+            P.Op.SHUTDOWN: self._qd_call("shutdown"),
+            P.Op.SETSOCKOPT: self._qd_call("setsockopt"),
+            P.Op.GETSOCKOPT: self._qd_call("getsockopt"),
+            P.Op.GETSOCKNAME: self._qd_call("getsockname"),
+            P.Op.GETPEERNAME: self._qd_call("getpeername"),
+            P.Op.STATUS: self._status,
+            P.Op.CONNECTIONS: self._connections,
+            P.Op.SHOW: self._show,
+            P.Op.STATS: self._stats,
+        }
+
+    # =================================================================================
+    # lifecycle
+    # =================================================================================
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        path = self.path
+        self._prepare_path()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        created = False
+        try:
+            sock.bind(path)
+            created = True
+            # Mode and group before listen(): until then a connect is refused, so no
+            # client ever reaches a socket with the umask's permissions.
+            os.chmod(path, self.mode)
+            if self.group is not None:
+                os.chown(path, -1, _group_id(self.group))
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+            self._server = await loop.create_unix_server(self._new_session, sock=sock)
+        except BaseException:
+            sock.close()
+            if created:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+        st = os.stat(path)
+        self._file_id = (st.st_dev, st.st_ino)
+        self._started_at = time.time()
+        self._previous_sink = self.engine.completion_sink
+        self.engine.completion_sink = self.on_completion
+        log.info("API socket %s (mode %o)", path, self.mode)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for session in list(self.sessions.values()):
+            session.drop("daemon stopping")
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        # run the descriptor closes that drop() scheduled
+        await asyncio.sleep(0)
+        if self.engine.completion_sink == self.on_completion:
+            self.engine.completion_sink = self._previous_sink or (lambda completion: None)
+        self._remove_socket_file()
+
+    def _prepare_path(self) -> None:
+        path = self.path
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("removing stale API socket %s", path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        except TimeoutError:
+            pass  # a live listener too busy to accept: still live
+        finally:
+            probe.close()
+        raise OSError(errno.EADDRINUSE, "another xdpstackd is listening on this socket", path)
+
+    def _remove_socket_file(self) -> None:
+        if self._file_id is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._file_id:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", self.path, exc)
+        self._file_id = None
+
+    # =================================================================================
+    # sessions
+    # =================================================================================
+    def _new_session(self) -> Session:
+        return Session(self, next(self._ids))
+
+    def admit(self, session: Session) -> bool:
+        if self._server is None or len(self.sessions) >= self.max_clients:
+            self.counters["clients_refused"] += 1
+            return False
+        self.sessions[session.id] = session
+        self.counters["clients_accepted"] += 1
+        return True
+
+    def release(self, session: Session, reason: str) -> None:
+        """Forget ``session`` now; close its descriptors right after the current
+        callback (never inside an Engine call or a completion hand-off)."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        if reason not in ("disconnected", "daemon stopping"):
+            self.counters["clients_dropped"] += 1
+            log.info("client %d (pid %s) dropped: %s", session.id, session.pid, reason)
+        for qt in session.qts:
+            if self._qt_owner.get(qt) is session:
+                del self._qt_owner[qt]
+        session.qts.clear()
+        qds = sorted(session.qds)
+        session.qds.clear()
+        for qd in qds:
+            if self._qd_owner.get(qd) is session:
+                del self._qd_owner[qd]
+        if qds:
+            self._call_soon(self._close_descriptors, qds)
+
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop or self.engine.loop
+        loop.call_soon(fn, *args)
+
+    def _close_descriptors(self, qds: list[int]) -> None:
+        for qd in qds:
+            if qd in self._qd_owner:  # handed out again meanwhile (cannot happen today)
+                continue
+            try:
+                self.engine.close(qd)
+            except OSError:
+                pass  # already gone (aborted by the daemon, or closed by the stack)
+            except Exception:
+                self.counters["internal_errors"] += 1
+                log.exception("closing descriptor %d of a departed client", qd)
+
+    def clients(self) -> list[dict[str, Any]]:
+        return [s.info() for s in self.sessions.values()]
+
+    # =================================================================================
+    # completions
+    # =================================================================================
+    def on_completion(self, completion: Completion) -> None:
+        """``engine.completion_sink``. Never raises and never calls the Engine."""
+        if self._in_call:
+            self._held.append(completion)
+            return
+        try:
+            self._route(completion)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("routing completion %r", completion)
+
+    def _route(self, c: Completion) -> None:
+        session = self._qt_owner.pop(c.qt, None)
+        if session is None:
+            session = self._qd_owner.get(c.qd)
+        new_qd = c.new_qd
+        if session is None or session.closed:
+            self.counters["completions_dropped"] += 1
+            if new_qd is not None and new_qd not in self._qd_owner:
+                self.counters["orphan_descriptors_closed"] += 1
+                self._call_soon(self._close_descriptors, [new_qd])
+            return
+        session.qts.discard(c.qt)
+        if new_qd is not None:
+            session.qds.add(new_qd)
+            self._qd_owner[new_qd] = session
+        self.counters["completions_routed"] += 1
+        session.writelines(
+            P.completion_frame(c.qt, c.qd, int(c.opcode), c.errno, c.data or b"", c.addr, new_qd)
+        )
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        for completion in held:
+            try:
+                self._route(completion)
+            except Exception:
+                self.counters["internal_errors"] += 1
+                log.exception("routing completion %r", completion)
+
+    # =================================================================================
+    # requests
+    # =================================================================================
+    def handle_frame(self, session: Session, frame: P.Frame) -> None:
+        """One frame from ``session``: exactly one REPLY or ERROR goes back."""
+        self.counters["requests"] += 1
+        op_num, rid = frame.op, frame.request_id
+        try:
+            op, args = P.decode_request(frame)
+        except P.ProtocolError as exc:
+            self.counters["protocol_errors"] += 1
+            session.send_error(op_num, rid, exc.errno, str(exc))
+            return
+        handler = self._handlers.get(op)
+        if handler is None:
+            self.counters["protocol_errors"] += 1
+            session.send_error(op_num, rid, errno.ENOSYS, f"{op.name} is not implemented")
+            return
+        self._in_call = True
+        try:
+            value = handler(session, *args)
+        except OSError as exc:
+            self.counters["request_errors"] += 1
+            err = exc.errno or errno.EIO
+            session.send_error(op_num, rid, err, exc.strerror or str(exc))
+        except (TypeError, ValueError, OverflowError, KeyError) as exc:
+            self.counters["request_errors"] += 1
+            session.send_error(op_num, rid, errno.EINVAL, str(exc) or type(exc).__name__)
+        except Exception as exc:
+            self.counters["internal_errors"] += 1
+            log.exception("%s from client %d", op.name, session.id)
+            session.send_error(op_num, rid, errno.EIO, f"internal error: {type(exc).__name__}")
+        else:
+            try:
+                data = P.reply(op_num, rid, value)
+            except Exception as exc:
+                self.counters["internal_errors"] += 1
+                log.exception("encoding the reply to %s", op.name)
+                data = P.error(op_num, rid, errno.EIO, f"cannot encode reply: {exc}")
+            session.write(data)
+        finally:
+            self._in_call = False
+            if self._held:
+                self._flush_held()
+
+    # -- helpers --------------------------------------------------------------------------
+    def _own(self, session: Session, qd: int) -> None:
+        if qd not in session.qds:
+            raise OSError(errno.EBADF, f"bad descriptor {qd}")
+
+    def _token(self, session: Session, qt: int) -> int:
+        session.qts.add(qt)
+        self._qt_owner[qt] = session
+        return qt
+
+    def _check_pending(self, session: Session) -> None:
+        if len(session.qts) >= self.max_pending:
+            raise OSError(errno.ENOBUFS, f"too many pending operations ({self.max_pending})")
+
+    def _qd_call(self, name: str) -> Callable[..., Any]:
+        def call(session: Session, qd: int, *args: Any) -> Any:
+            self._own(session, qd)
+            return getattr(self.engine, name)(qd, *args)
+
+        return call
+
+    # -- socket calls -------------------------------------------------------------------
+    def _socket(self, session: Session) -> int:
+        if len(session.qds) >= self.max_descriptors:
+            raise OSError(errno.EMFILE, f"too many descriptors ({self.max_descriptors})")
+        qd = self.engine.socket()
+        session.qds.add(qd)
+        self._qd_owner[qd] = session
+        return qd
+
+    def _bind(self, session: Session, qd: int, addr: tuple[str, int]) -> None:
+        self._own(session, qd)
+        self.engine.bind(qd, addr)
+
+    def _listen(self, session: Session, qd: int, backlog: int) -> None:
+        self._own(session, qd)
+        self.engine.listen(qd, backlog)
+
+    def _accept(self, session: Session, qd: int) -> int:
+        self._own(session, qd)
+        self._check_pending(session)
+        if len(session.qds) >= self.max_descriptors:
+            raise OSError(errno.EMFILE, f"too many descriptors ({self.max_descriptors})")
+        return self._token(session, self.engine.accept(qd))
+
+    def _connect(self, session: Session, qd: int, addr: tuple[str, int]) -> int:
+        self._own(session, qd)
+        self._check_pending(session)
+        return self._token(session, self.engine.connect(qd, addr))
+
+    def _push(self, session: Session, qd: int, data: bytes) -> int:
+        self._own(session, qd)
+        self._check_pending(session)
+        return self._token(session, self.engine.push(qd, data))
+
+    def _pop(self, session: Session, qd: int, size: int | None) -> int:
+        self._own(session, qd)
+        self._check_pending(session)
+        # pop completes with 1..size bytes, so a smaller size is always correct; the
+        # completion must fit one frame.
+        if size is None or size > self.max_pop:
+            size = self.max_pop
+        return self._token(session, self.engine.pop(qd, size))
+
+    def _close(self, session: Session, qd: int) -> None:
+        self._own(session, qd)
+        self._disown(session, qd)
+        self.engine.close(qd)
+
+    def _abort(self, session: Session, qd: int) -> None:
+        self._own(session, qd)
+        self._disown(session, qd)
+        self.engine.abort(qd)
+
+    def _disown(self, session: Session, qd: int) -> None:
+        session.qds.discard(qd)
+        if self._qd_owner.get(qd) is session:
+            del self._qd_owner[qd]
+
+    # -- control calls (xdpstackctl) -----------------------------------------------------
+    def _status(self, session: Session, args: dict[str, Any]) -> Any:
+        engine_stats = self.engine.stats()
+        status: dict[str, Any] = {
+            "version": xdpstack.__version__,
+            "protocol": P.PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "socket": self.path,
+            "uptime_s": round(time.time() - self._started_at, 3),
+            "clients": self.clients(),
+            "api": dict(self.counters),
+        }
+        for key in ("connections", "sockets", "steered_ports", "wakeups", "datapath", "xdp"):
+            if key in engine_stats:
+                status[key] = engine_stats[key]
+        if self.status_extra is not None:
+            status.update(self.status_extra())
+        return _plain(status)
+
+    def _connections(self, session: Session, args: dict[str, Any]) -> Any:
+        return _plain(self.engine.connections())
+
+    def _stats(self, session: Session, args: dict[str, Any]) -> Any:
+        stats = dict(self.engine.stats())
+        stats["api"] = dict(self.counters)
+        return _plain(stats)
+
+    def _show(self, session: Session, args: dict[str, Any]) -> Any:
+        """``{"id": conn_id}`` (as in CONNECTIONS) or ``{"qd": qd}``."""
+        if "qd" in args:
+            qd = args["qd"]
+            if isinstance(qd, bool) or not isinstance(qd, int):
+                raise OSError(errno.EINVAL, "qd must be an integer")
+            return _plain(self.engine.snapshot(qd))
+        conn_id = args.get("id")
+        if conn_id is None:
+            raise OSError(errno.EINVAL, 'SHOW takes {"id": N} or {"qd": N}')
+        for conn in self.engine.connections():
+            cm = conn.get("connection_management", {})
+            if cm.get("id") == conn_id or str(cm.get("id")) == str(conn_id):
+                return _plain(conn)
+        raise OSError(errno.ENOENT, f"no connection {conn_id}")
+
+
+def _plain(obj: Any) -> Any:
+    """Control replies go out as JSON: make sure they are (enums, sequence numbers,
+    tuples and bytes become plain values)."""
+    import json
+
+    return json.loads(P.json_dumps(obj))
+
+
+def _group_id(group: str | int) -> int:
+    if isinstance(group, int):
+        return group
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"unknown group {group!r} for the API socket") from None

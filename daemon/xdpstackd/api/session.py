@@ -1,0 +1,223 @@
+"""One client connection of the API server: framing, hello, credentials, back-pressure.
+
+A :class:`Session` is the asyncio protocol of one accepted Unix-socket connection. It
+cuts the byte stream into frames (:mod:`xdpstack.protocol`) and hands each REQUEST to the
+server, which owns the routing and the Engine calls. What it keeps about its client:
+the peer credentials (SO_PEERCRED: pid, uid, gid), the descriptors it owns and the
+queue tokens it waits for.
+
+Back-pressure: the transport's write buffer has a high-water mark; above it the session
+stops reading the client's requests (``pause_reading``) until the client has read its
+replies and completions. Above a hard limit (a client that issued many pops and never
+reads) the client is dropped, its descriptors closed as at a process exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from xdpstack import protocol as P
+
+if TYPE_CHECKING:
+    from xdpstackd.api.server import ApiServer
+
+log = logging.getLogger(__name__)
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, server: ApiServer, client_id: int) -> None:
+        self.server = server
+        self.id = client_id
+        self.pid: int | None = None
+        self.uid: int | None = None
+        self.gid: int | None = None
+        self.connected_at = time.time()
+        self.qds: set[int] = set()
+        self.qts: set[int] = set()
+        self.closed = False
+        self.hello_done = False
+        self.paused = False
+        self.requests = 0
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check
+        self.transport = transport  # type: ignore[assignment]
+        self._read_peercred(transport)
+        server = self.server
+        transport.set_write_buffer_limits(high=server.write_high, low=server.write_high // 4)
+        if not server.admit(self):
+            self.send_error(
+                P.Op.NONE,
+                0,
+                errno.ECONNREFUSED,
+                f"xdpstackd has too many clients ({server.max_clients})",
+            )
+            self.drop("too many clients")
+            return
+        log.debug("client %d connected (pid %s uid %s)", self.id, self.pid, self.uid)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.drop("disconnected" if exc is None else f"connection lost: {exc}", abort=True)
+
+    def pause_writing(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.closed and self.transport is not None and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost does the rest
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        buf = self._buf
+        buf += data
+        offset = 0
+        if not self.hello_done:
+            if len(buf) < P.HELLO.size:
+                return
+            try:
+                version = P.decode_hello(bytes(buf[: P.HELLO.size]))
+            except P.ProtocolError as exc:
+                self.send_error(P.Op.NONE, 0, exc.errno, str(exc))
+                self.drop("bad hello")
+                return
+            if version != P.PROTOCOL_VERSION:
+                self.send_error(
+                    P.Op.NONE,
+                    0,
+                    errno.EPROTONOSUPPORT,
+                    f"protocol version {version} is not supported; "
+                    f"xdpstackd speaks version {P.PROTOCOL_VERSION}",
+                )
+                self.drop(f"protocol version {version}")
+                return
+            self.hello_done = True
+            offset = P.HELLO.size
+            self.write(P.encode_server_hello(self.id, self.server.max_frame))
+        handle = self.server.handle_frame
+        max_payload = self.server.max_frame
+        try:
+            while not self.closed:
+                try:
+                    decoded = P.decode_frame(buf, offset, max_payload)
+                except P.ProtocolError as exc:
+                    op, rid = _peek_op_rid(buf, offset)
+                    self.send_error(op, rid, exc.errno, str(exc))
+                    self.drop(f"bad frame: {exc}")
+                    return
+                if decoded is None:
+                    break
+                frame, offset = decoded
+                try:
+                    self.requests += 1
+                    handle(self, frame)
+                finally:
+                    frame.payload.release()
+                del frame, decoded
+        finally:
+            if offset and not self.closed:
+                try:
+                    del buf[:offset]
+                except BufferError:  # a view escaped somewhere: start a fresh buffer
+                    self._buf = bytearray(buf[offset:])
+
+    # -- output -------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        transport.write(data)
+        self._check_hard_limit(transport)
+
+    def writelines(self, buffers: list[bytes]) -> None:
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        transport.writelines(buffers)
+        self._check_hard_limit(transport)
+
+    def send_error(self, op: int, request_id: int, err: int, message: str) -> None:
+        self.write(P.error(op, request_id, err, message))
+
+    def _check_hard_limit(self, transport: asyncio.Transport) -> None:
+        size = transport.get_write_buffer_size()
+        if size > self.server.write_hard_limit:
+            log.warning(
+                "client %d (pid %s) does not read: %d bytes queued; dropping it",
+                self.id,
+                self.pid,
+                size,
+            )
+            self.drop("output limit exceeded", abort=True)
+
+    # -- teardown -----------------------------------------------------------------------
+    def drop(self, reason: str, *, abort: bool = False) -> None:
+        """Close this client now: its descriptors are closed (soon, outside any Engine
+        call) as at a process exit, and nothing more is read or written."""
+        if self.closed:
+            return
+        self.closed = True
+        transport = self.transport
+        if transport is not None:
+            # Flush a small final error frame, but never wait on a client that does not
+            # read.
+            if abort or transport.get_write_buffer_size() > 65536:
+                transport.abort()
+            else:
+                transport.close()
+        self._buf = bytearray()
+        self.server.release(self, reason)
+
+    # -- inspection ---------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        transport = self.transport
+        return {
+            "id": self.id,
+            "pid": self.pid,
+            "uid": self.uid,
+            "gid": self.gid,
+            "descriptors": sorted(self.qds),
+            "pending_tokens": len(self.qts),
+            "requests": self.requests,
+            "output_queued": transport.get_write_buffer_size() if transport else 0,
+            "reading_paused": self.paused,
+            "connected_s": round(time.time() - self.connected_at, 3),
+        }
+
+    def _read_peercred(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            self.pid, self.uid, self.gid = _PEERCRED.unpack(raw)
+        except (OSError, struct.error, AttributeError) as exc:
+            log.debug("SO_PEERCRED failed: %s", exc)
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id}, pid={self.pid}, uid={self.uid}, qds={len(self.qds)})"
+
+
+def _peek_op_rid(buf: bytearray, offset: int) -> tuple[int, int]:
+    """The op and request id of a frame header at ``offset``, or (0, 0) if incomplete."""
+    if len(buf) - offset >= P.HEADER_SIZE:
+        _, _, op, _, rid = P.HEADER.unpack_from(buf, offset)
+        return op, rid
+    return 0, 0
