@@ -5,10 +5,11 @@ VENV := .venv
 PY   := $(VENV)/bin/python
 RUFF := $(VENV)/bin/ruff
 
-.PHONY: help setup test lint format demo bench clean
+.PHONY: help setup test lint format demo simdemo bench clean
 
 help:
-	@echo "make demo   - simulated-network demo: two stacks on a lossy virtual link"
+	@echo "make demo   - xdpstackd --sandbox with a kernel echo server in its namespace: data both ways"
+	@echo "make simdemo - the TCP/IP core alone: two stacks on a lossy simulated link"
 	@echo "make test   - lint, format check and the test suite (what CI runs)"
 	@echo "make bench  - benchmark of the sans-IO core, back-to-back in one process"
 	@echo "make lint   - ruff check and ruff format --check"
@@ -34,6 +35,9 @@ format: setup
 	$(RUFF) check --fix .
 
 demo: setup
+	$(PY) -m xdpstackd.demo
+
+simdemo: setup
 	$(PY) -m xdpstackd.simnet.demo
 
 bench: setup

@@ -101,11 +101,7 @@ def _load(name: str, path: Path) -> Any:
 
 _tcp_peer = _load("_xdpstack_tcp_peer", PEER_SCRIPT)
 
-# tests/conftest.py by path, not ``from conftest import``: pytest imports every conftest.py
-# outside a package under the one module name "conftest" (dropping the previous one from
-# sys.modules first), so with tests/api/conftest.py around, "conftest" may be that one.
-_root_conftest = _load("_xdpstack_tests_conftest", Path(__file__).resolve().parent / "conftest.py")
-require_integration: Callable[[str], Any] = _root_conftest.require_integration
+from integration_support import require_integration  # noqa: E402
 
 #: ``pattern_bytes(nbytes, seed=0)``: the bytes a ``source`` / ``echo`` peer sends.
 pattern_bytes: Callable[..., bytes] = _tcp_peer.pattern_bytes

@@ -121,9 +121,10 @@ def run(settings: Settings) -> int:
 
         sockets = []
         for queue_id in range(settings.queues):
-            xsk = XskSocket(ifname, queue_id, mode="auto")
+            xsk = XskSocket(ifname, queue_id, mode="auto")  # bound before it enters the map
             cleanup.callback(xsk.close)
             xdp.set_xsk(queue_id, xsk.fileno())
+            cleanup.callback(xdp.clear_xsk, queue_id)  # out of the map before it closes
             sockets.append(xsk)
         if len(sockets) == 1:
             datapath: Any = sockets[0]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import AF_XDP, require_integration
+from integration_support import AF_XDP, require_integration
 
 from xdpstackd.datapath import xdp_program
 from xdpstackd.datapath.xdp_program import COUNTER_NAMES, XdpError, XdpProgram

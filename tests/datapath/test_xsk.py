@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import require_integration
+from integration_support import require_integration
 
 from xdpstackd.datapath import xsk as xsk_module
 from xdpstackd.datapath.xsk import (

@@ -114,12 +114,6 @@ def test_connect_on_a_connected_socket_is_eisconn() -> None:
     raises_errno(errno.EISCONN, p.b.connect, sqd, (A_IP, 1234), p.now)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: connect() on a listening socket raises EINVAL, Linux gives EISCONN "
-    "(inet_stream_connect: SS_UNCONNECTED with sk_state != TCP_CLOSE); see "
-    "notes/core_bugs_from_tcp_tests.md",
-)
 def test_connect_on_a_listening_socket_is_eisconn() -> None:
     p = PeerPair()
     qd = p.a.socket()

@@ -11,6 +11,7 @@ import pytest
 from pair import B_IP, PeerPair
 
 from xdpstackd.inetstack.config import TcpConfig
+from xdpstackd.inetstack.layer4.tcp.header import ACK, FIN
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
 RCVBUF = 4096
@@ -185,3 +186,51 @@ def test_a_lost_window_update_is_recovered_by_the_next_probe() -> None:
     assert first.data + rest == data
     resumed = [t for t, _, d in p.sent("a", since=lost[0], data=True)]
     assert resumed[0] == pytest.approx(probe_due + 2 * p.delay_s)  # the probe's answer
+
+
+def test_sender_never_sends_beyond_the_right_edge_the_receiver_advertised() -> None:
+    p = PeerPair()
+    cqd, sqd = small_receiver(p, rcvbuf=8192)  # b never reads in this test
+    p.a.setsockopt(cqd, "TCP_NODELAY", 1)
+    lose = {"b_data": True, "b_acks": False}
+
+    def network(who, h, d) -> bool:
+        if who == "b" and d and lose["b_data"]:
+            lose["b_data"] = False  # b's data is lost once: its ACKs' SEQ runs ahead
+            return False
+        return not (who == "b" and not d and lose["b_acks"])
+
+    p.filter = network
+    p.b.push(sqd, b"r" * 700, p.now)
+    p.a.push(cqd, b"1" * 1000, p.now)
+    p.run_for(0.1)  # a takes b's window from an ACK whose SEQ is past a's RCV.NXT
+    lose["b_acks"] = True  # the ACKs shrinking b's window are lost ...
+    p.a.push(cqd, b"2" * 7000, p.now)
+    p.run_for(0.3)  # ... so the window arrives on b's retransmitted (older SEQ) data
+    p.a.push(cqd, b"3" * 5000, p.now)
+    p.run_for(0.5)
+    # b never read, so its right edge (SEG.ACK + SEG.WND) never moved past this:
+    edge = max(h.ack_num + h.window for _, h, _ in p.sent("b") if h.flags & ACK)
+    beyond = [(h.seq_num + len(d)) - edge for _, h, d in p.sent("a", data=True)]
+    assert max(beyond) <= 0, f"a sent {max(beyond)} bytes past b's window"
+
+
+def test_fin_waits_for_a_closed_window_and_the_peers_data_is_still_acknowledged() -> None:
+    p = PeerPair(TcpConfig(retries2=4), TcpConfig(retries2=4))
+    cqd, sqd = small_receiver(p)
+    p.a.push(cqd, b"u" * RCVBUF, p.now)  # fills b's buffer: b's window closes
+    p.run_for(1)
+    assert p.a.snapshot(cqd)["flow_control"]["snd_wnd"] == 0
+    t = p.now
+    p.a.shutdown(cqd, p.now)  # a is done sending; its FIN has no room yet
+    p.b.push(sqd, b"response", p.now)  # b answers without reading first
+    p.run_for(60)
+    # no FIN beyond the zero window (Linux holds it back: tcp_snd_wnd_test)
+    assert not [h for _, h, _ in p.sent("a", since=t) if h.flags & FIN]
+    # b's data is acknowledged although b's own window stays closed
+    b_rod = p.b.snapshot(sqd)["ordered_delivery"]
+    assert b_rod["unacked_bytes"] == 0 and b_rod["retransmits"] == 0
+    assert p.read("a", cqd, 8) == b"response"
+    # nobody gave up: both are alive, and once b reads, the FIN follows the data
+    assert p.state("a", cqd) == "FIN_WAIT_1" and p.state("b", sqd) == "ESTABLISHED"
+    assert p.read_to_eof("b", sqd) == b"u" * RCVBUF

@@ -89,8 +89,9 @@ FIELDS: dict[str, Extract] = {
     # the seed's two send queues are the two parts of ROD's send buffer
     # (a FIN in flight counts, as in Demikernel, where the FIN is a queued segment)
     "delivery.unacked_queue": lambda cb: cb.rod.bytes_in_flight,
-    "delivery.unsent_queue": lambda cb: len(cb.rod.send_buf)
-    - min(cb.rod.bytes_in_flight, len(cb.rod.send_buf)),
+    "delivery.unsent_queue": lambda cb: (
+        len(cb.rod.send_buf) - min(cb.rod.bytes_in_flight, len(cb.rod.send_buf))
+    ),
     "delivery.pop_queue": lambda cb: cb.rod.recv_queue_bytes,
     "delivery.recv_fin_seq_no": lambda cb: cb.rod.recv_fin_seq,
     "flow_ctrl.send_window": lambda cb: cb.fc.snd_wnd,
@@ -122,9 +123,7 @@ def observe_setup() -> set[str]:
     records = []
     states = set()
     for port, mss, rcvbuf, delay_s in ((8080, 1460, 1 << 20, 0.002), (9090, 1000, 1 << 15, 0.02)):
-        pair = PeerPair(
-            TcpConfig(mss=mss), TcpConfig(recv_buffer_bytes=rcvbuf), delay_s=delay_s
-        )
+        pair = PeerPair(TcpConfig(mss=mss), TcpConfig(recv_buffer_bytes=rcvbuf), delay_s=delay_s)
         lqd = pair.b.socket()
         pair.b.bind(lqd, (B_IP, port))
         pair.b.listen(lqd)

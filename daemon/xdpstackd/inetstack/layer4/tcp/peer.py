@@ -230,8 +230,8 @@ class TcpPeer:
         state = sock.state
         if state is SocketState.CONNECTING:
             raise OSError(errno.EALREADY, "a connect is already in progress")
-        if state in (SocketState.ESTABLISHED, SocketState.CLOSING):
-            raise OSError(errno.EISCONN, "socket is already connected")
+        if state in (SocketState.ESTABLISHED, SocketState.CLOSING, SocketState.LISTENING):
+            raise OSError(errno.EISCONN, "socket is already connected or listening")
         if state not in (SocketState.UNBOUND, SocketState.BOUND):
             raise OSError(errno.EINVAL, f"cannot connect a socket in state {state.value}")
         remote = self._parse_addr(addr)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from xdpstackd.inetstack.layer4.tcp.header import ACK
+from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
 if TYPE_CHECKING:
     from xdpstackd.inetstack.layer4.tcp.established.established_socket import (
@@ -14,11 +15,21 @@ if TYPE_CHECKING:
     )
 
 
+def acceptable_seq(sock: EstablishedSocket) -> SeqNumber:
+    """SEG.SEQ for a segment without data that the peer must accept.
+
+    RFC 9293's <SEQ=SND.NXT>, with SND.NXT the highest ever sent (our go-back pointer
+    after an RTO sits below what the peer already has); but never past the right edge of
+    the peer's window, which a zero-window receiver would reject (Linux:
+    ``tcp_acceptable_seq``)."""
+    cb = sock.cb
+    rod = cb.rod
+    edge = rod.snd_una + cb.fc.snd_wnd
+    return rod.snd_max if rod.snd_max <= edge else edge
+
+
 def send_ack(sock: EstablishedSocket) -> None:
-    """<SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>, where SND.NXT is the RFC's, never rewound:
-    after an RTO our go-back pointer sits below what the peer has already received, and
-    an ACK carrying it would be unacceptable there (so use SND.MAX)."""
-    sock.emit(ACK, sock.cb.rod.snd_max, b"")
+    sock.emit(ACK, acceptable_seq(sock), b"")
 
 
 def send_probe(sock: EstablishedSocket) -> None:

@@ -152,7 +152,7 @@ class ControlBlock:
             actions |= cc.on_ack(rod, max(flight_before, rod.last_acked_bytes), now)  # 2. CC
             if rod.retransmit_deadline is not None:  # re-arm with the freshly sampled RTO
                 rod.restart_retransmit_timer(now, cc.rto_s)
-            actions |= fc.on_ack(hdr, rod)  # 3. FC
+            actions |= fc.on_ack(hdr, advanced=True)  # 3. FC
             if rod.fin_acked and cm.state in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
                 actions |= cm.on_fin_acked(now)  # 4. CM
             return actions
@@ -163,7 +163,7 @@ class ControlBlock:
                 and rod.snd_max != una
                 and fc.window_unchanged(hdr)
             )
-            actions = fc.on_ack(hdr, rod)
+            actions = fc.on_ack(hdr, advanced=False)
             if dup:
                 actions |= cc.on_dup_ack(rod, now)
             return actions
@@ -206,9 +206,11 @@ class ControlBlock:
         return best
 
     def snapshot(self) -> dict[str, dict[str, object]]:
+        flow_control = self.fc.snapshot()
+        flow_control["rcv_wnd"] = self.fc.rcv_wnd(self.rod.rcv_nxt)  # RCV.WND needs RCV.NXT
         return {
             "connection_management": self.cm.snapshot(),
             "ordered_delivery": self.rod.snapshot(),
-            "flow_control": self.fc.snapshot(),
+            "flow_control": flow_control,
             "congestion_control": self.cc.snapshot(),
         }

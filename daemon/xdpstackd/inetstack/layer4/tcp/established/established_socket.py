@@ -298,7 +298,7 @@ class EstablishedSocket:
         self._acked_this_round = False
         if actions & (A.RESET | A.TIMED_OUT):
             err = cb.cm.error or errno.ETIMEDOUT
-            self.counters["tcp_resets_in" if actions & A.RESET else "tcp_timeouts"] += 1
+            self.counters["tcp_timeouts" if actions & A.TIMED_OUT else "tcp_resets_in"] += 1
             self._fail_pending(err)
         if actions & (A.DELIVER | A.EOF_RECEIVED) and self.pending_pops:
             actions |= self._complete_pops()

@@ -75,18 +75,28 @@ class FlowControl:
         return hdr.window == self.last_window_raw
 
     # -- handlers -----------------------------------------------------------------------
-    def on_ack(self, hdr: TcpHeader, rod: DeliveryView) -> int:
-        """RFC 9293 3.10.7.4 fifth step: update SND.WND from an acceptable ACK."""
+    def on_ack(self, hdr: TcpHeader, *, advanced: bool) -> int:
+        """Fifth step: update SND.WND from an acceptable ACK.
+
+        RFC 9293's SND.WL1/SND.WL2 rule, in Linux's form (``tcp_may_update_window``): an
+        ACK that moves SND.UNA always carries the current window, because the window is
+        measured from that ACK; otherwise only a newer segment (SEG.SEQ past SND.WL1), or
+        the same one offering more (or closing the window), may change it. ``advanced``
+        says whether ROD just moved SND.UNA.
+        """
         self.probes_unanswered = 0
         seq = hdr.seq_num
-        ack = hdr.ack_num
+        wnd = hdr.window << self.snd_wscale
         self.last_window_raw = hdr.window
-        if self.snd_wl1 < seq or (self.snd_wl1 == seq and not (ack < self.snd_wl2)):
+        if (
+            advanced
+            or self.snd_wl1 < seq
+            or (self.snd_wl1 == seq and (wnd > self.snd_wnd or wnd == 0))
+        ):
             old = self.snd_wnd
-            wnd = hdr.window << self.snd_wscale
             self.snd_wnd = wnd
             self.snd_wl1 = seq
-            self.snd_wl2 = ack
+            self.snd_wl2 = hdr.ack_num
             if wnd > self.max_snd_wnd:
                 self.max_snd_wnd = wnd
             if wnd > 0:

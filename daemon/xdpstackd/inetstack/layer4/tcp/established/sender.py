@@ -47,7 +47,9 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
                     break
             last = n == avail
             flags = ACK
-            fin = last and rod.fin_queued
+            # the FIN rides along only if it fits the peer's window too (Linux's
+            # tcp_snd_wnd_test counts it); otherwise it follows on its own
+            fin = last and rod.fin_queued and n < wnd - flight
             if last:
                 flags |= PSH | (FIN if fin else 0)
             seq = rod.snd_nxt
@@ -57,6 +59,8 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
             rod.on_transmit(n, fin, now, cc.rto_s)
             sent += 1
         elif avail == 0 and rod.fin_queued and not rod.fin_acked:
+            if fc.snd_wnd <= flight:
+                break  # a FIN needs window too; the persist timer probes meanwhile
             if rod.snd_nxt < rod.snd_max:
                 sock.counters["tcp_retransmits"] += 1
             sock.emit(ACK | FIN, rod.snd_nxt, b"")
@@ -65,8 +69,9 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
             break
         else:
             break
-    # persist timer: window closed, data waiting, nothing in flight to clock an ACK
-    if rod.snd_nxt == rod.snd_una and len(rod.send_buf) > 0 and fc.snd_wnd == 0:
+    # persist timer: window closed, data or FIN waiting, nothing in flight to clock an ACK
+    waiting = len(rod.send_buf) > 0 or (rod.fin_queued and rod.fin_seq is None)
+    if rod.snd_nxt == rod.snd_una and waiting and fc.snd_wnd == 0:
         fc.arm_probe(now, cc)
     elif fc.probe_deadline is not None and fc.snd_wnd > 0:
         fc.disarm_probe()
