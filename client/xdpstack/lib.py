@@ -482,7 +482,7 @@ class Lib:
     # -- socket I/O ---------------------------------------------------------------------
     def _send(self, buffers: list[Any]) -> None:
         sock = self._sock
-        views = [memoryview(b).cast("B") for b in buffers]
+        views = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
         while views:
             try:
                 sent = sock.sendmsg(views)

@@ -131,6 +131,13 @@ def test_pushes_keep_order_and_large_pushes_are_split(daemon: Daemon, lib: xdpst
     assert lib.pending() == []
 
 
+def test_empty_push_completes(daemon: Daemon, lib: xdpstack.Lib) -> None:
+    qd, far_qd = connect_to_far(daemon, lib)
+    assert lib.wait(lib.push(qd, b""), WAIT).opcode == OpCode.PUSH
+    lib.wait(lib.push(qd, bytearray(b"after")), WAIT)
+    assert daemon.far.recv_exactly(far_qd, 5) == b"after"
+
+
 def test_pop_size_and_clamp(daemon: Daemon, lib: xdpstack.Lib) -> None:
     qd, far_qd = connect_to_far(daemon, lib)
     data = pattern(900_000)
