@@ -32,6 +32,9 @@ RX_BATCH_FRAMES = 64
 RX_BATCHES_PER_WAKEUP = 16  # then yield to the loop so API clients and timers get a turn
 
 
+Tap = Callable[[str, bytes, float], None]
+
+
 class Datapath(Protocol):
     def fileno(self) -> int: ...
     def receive(self, max_frames: int = 64) -> list[bytes]: ...
@@ -64,6 +67,9 @@ class Engine:
         self._steered: set[int] = set()
         self._running = False
         self.wakeups = 0
+        # capture taps (xdpstackctl capture): called with ("in" | "out", frame, wall time);
+        # an empty tuple costs one truth test per batch when nobody captures
+        self._taps: tuple[Tap, ...] = ()
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -94,6 +100,8 @@ class Engine:
             frames = receive(RX_BATCH_FRAMES)
             if not frames:
                 break
+            if self._taps:
+                self._tap("in", frames)
             stack.receive_frames(frames, now)
             if len(frames) < RX_BATCH_FRAMES:
                 break
@@ -111,6 +119,8 @@ class Engine:
             self._sync_steering()
         frames = stack.poll_transmit()
         if frames:
+            if self._taps:
+                self._tap("out", frames)
             self.datapath.transmit(frames)
         completions = stack.poll_completions()
         if completions:
@@ -145,6 +155,25 @@ class Engine:
         if wanted != self._steered:
             log.debug("steering %d ports", len(wanted))
         self._steered = wanted
+
+    # -- capture ------------------------------------------------------------------------
+    def add_tap(self, tap: Tap) -> None:
+        """Copy every frame received and sent to ``tap`` until ``remove_tap``."""
+        self._taps = (*self._taps, tap)
+
+    def remove_tap(self, tap: Tap) -> None:
+        self._taps = tuple(t for t in self._taps if t is not tap)
+
+    def _tap(self, direction: str, frames: list[bytes]) -> None:
+        stamp = time.time()
+        for tap in self._taps:
+            for frame in frames:
+                try:
+                    tap(direction, frame, stamp)
+                except Exception:  # a broken capture must never stop the datapath
+                    log.exception("capture tap failed; removing it")
+                    self.remove_tap(tap)
+                    break
 
     # -- application calls ----------------------------------------------------------------
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -182,6 +211,18 @@ class Engine:
 
     def shutdown(self, qd: int) -> None:
         self._run(self.stack.tcp.shutdown, qd, self.clock())
+
+    def abort_connection(self, conn_id: int) -> bool:
+        """Reset the connection with this id (from ``connections()``), whoever owns it."""
+        return self._run(self.stack.tcp.abort_connection, conn_id, self.clock())
+
+    def steering(self) -> list[tuple[str, int]]:
+        """What the XDP program steers to us, as (address, port)."""
+        if self.xdp is not None:
+            from xdpstackd.inetstack.layer3.ipv4 import ip_to_str
+
+            return [(ip_to_str(ip), port) for ip, port in self.xdp.steering()]
+        return [(self.stack.ip_str, port) for port in sorted(self._steered)]
 
     def setsockopt(self, qd: int, name: str | int, value: Any) -> None:
         self._run(self.stack.setsockopt, qd, name, value)

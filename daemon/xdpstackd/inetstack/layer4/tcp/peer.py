@@ -307,6 +307,22 @@ class TcpPeer:
             else:
                 conn.abort(now)
 
+    def abort_connection(self, conn_id: int, now: float) -> bool:
+        """An operator's abort (``xdpstackctl abort ID``): RST the connection with that
+        id, whoever owns it; its descriptor, if any, stays and reports ECONNABORTED."""
+        for conn in list(self.conns.values()):
+            if conn.conn_id != conn_id:
+                continue
+            if isinstance(conn, EstablishedSocket):
+                conn.abort(now, errno.ECONNABORTED, descriptor_closed=False)
+            elif isinstance(conn, ActiveOpenSocket):
+                self.active_open_failed(conn, errno.ECONNABORTED)
+            else:
+                conn.drop()
+            self.counters["tcp_operator_aborts"] += 1
+            return True
+        return False
+
     def setsockopt(self, qd: int, name: str | int, value: Any) -> None:
         sock = self._socket(qd)
         name = self._option_name(name)

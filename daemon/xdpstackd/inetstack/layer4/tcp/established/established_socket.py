@@ -250,8 +250,8 @@ class EstablishedSocket:
         """The descriptor is closed: graceful FIN after queued data, or RST when the
         application leaves received data unread (as Linux's tcp_close does)."""
         cm = self.cb.cm
+        self._fail_pops(errno.ECANCELED)  # pops of this descriptor can never complete now
         self.qd = None
-        self._fail_pops(errno.EBADF)
         if cm.state is State.CLOSED:
             self._release()
             return
@@ -276,14 +276,23 @@ class EstablishedSocket:
         self.cb.cm.on_reset(0)
         self._release()
 
-    def abort(self, now: float, errno_: int = errno.ECONNABORTED) -> None:
-        """Hard close: RST now, discard everything (RFC 9293 3.10.5 ABORT)."""
+    def abort(
+        self, now: float, errno_: int = errno.ECONNABORTED, *, descriptor_closed: bool = True
+    ) -> None:
+        """Hard close: RST now, discard everything (RFC 9293 3.10.5 ABORT).
+
+        ``descriptor_closed``: the application aborted its own descriptor, so its pending
+        operations are cancelled (ECANCELED). Otherwise (an operator's abort, a listener
+        closing) the descriptor stays and its operations fail with ``errno_``.
+        """
         cm = self.cb.cm
         if cm.state not in (State.CLOSED, State.TIME_WAIT):
             self._send_rst()
-        self.qd = None
+        self._fail_pending(errno.ECANCELED if descriptor_closed else errno_)
+        if descriptor_closed:
+            self.qd = None
         cm.on_reset(errno_)
-        self._fail_pending(errno_)
+        cm.error = errno_  # later pops and pushes report it, even from TIME_WAIT
         self._release()
 
     # -- executing actions ----------------------------------------------------------------
