@@ -21,9 +21,14 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from xdpstackd.claim import InterfaceBusyError, InterfaceClaim
 from xdpstackd.settings import Settings
 
 log = logging.getLogger("xdpstackd")
+
+# A veth's native XDP needs the frame in one page: 4096 - 256 headroom - 320 shared info
+# - 14 Ethernet header (seen on Linux 6.18; above it attaching fails with ERANGE).
+NATIVE_XDP_VETH_MAX_MTU = 3506
 
 
 class DaemonError(RuntimeError):
@@ -69,6 +74,21 @@ def _free_sandbox_subnet() -> str:
     raise DaemonError("no free 10.77.N.0/24 subnet for the sandbox")
 
 
+def _attach_advice(ifname: str, mode: str, mtu: int, exc: BaseException) -> str:
+    """One line an operator can act on, from whatever attaching raised."""
+    message = f"cannot attach the XDP program to {ifname} in {mode} mode: {exc}"
+    message = message.splitlines()[0] if "\n" in message else message
+    if mode == "native" and mtu > NATIVE_XDP_VETH_MAX_MTU:
+        message += (
+            f"; native XDP on a veth takes an MTU of at most {NATIVE_XDP_VETH_MAX_MTU} "
+            f"(this one is {mtu}): lower it with `ip link set {ifname} mtu "
+            f"{NATIVE_XDP_VETH_MAX_MTU}` or use --xdp-mode generic"
+        )
+    elif mode == "native":
+        message += "; if the driver has no native XDP, try --xdp-mode generic"
+    return message
+
+
 def run(settings: Settings) -> int:
     from xdpstackd import netns
     from xdpstackd.datapath import netlink
@@ -109,6 +129,17 @@ def run(settings: Settings) -> int:
             raise DaemonError(str(exc)) from None
         ip, prefix_len, owned = _pick_address(settings, info)
 
+        claim = InterfaceClaim(ifname)
+        try:
+            leftovers = claim.acquire()
+        except InterfaceBusyError as exc:
+            raise DaemonError(str(exc)) from None
+        cleanup.callback(claim.release)
+        # we hold the claim, so whatever an earlier run left is stale: undo it
+        stale_ports = netlink.parse_port_list(leftovers.get("reserved_ports", ""))
+        if stale_ports:
+            netlink.release_reserved_ports(stale_ports)
+            log.warning("released %d ports a crashed run left reserved", len(stale_ports))
         if XdpProgram.detach_stale(ifname):
             log.warning("removed an XDP program left on %s by an earlier run", ifname)
         xdp = XdpProgram(
@@ -116,12 +147,18 @@ def run(settings: Settings) -> int:
             mode=settings.xdp_mode,
             owned_address=int(ipaddress.IPv4Address(ip)) if owned else None,
         )
-        xdp.attach()
+        try:
+            xdp.attach()
+        except Exception as exc:
+            raise DaemonError(_attach_advice(ifname, settings.xdp_mode, info.mtu, exc)) from None
         cleanup.callback(xdp.detach)
 
         sockets = []
         for queue_id in range(settings.queues):
-            xsk = XskSocket(ifname, queue_id, mode="auto")  # bound before it enters the map
+            try:
+                xsk = XskSocket(ifname, queue_id, mode="auto")  # bound before it enters the map
+            except OSError as exc:
+                raise DaemonError(f"AF_XDP socket on {ifname} queue {queue_id}: {exc}") from None
             cleanup.callback(xsk.close)
             xdp.set_xsk(queue_id, xsk.fileno())
             cleanup.callback(xdp.clear_xsk, queue_id)  # out of the map before it closes
@@ -143,7 +180,10 @@ def run(settings: Settings) -> int:
             cleanup.callback(resolver.close)
             neighbour_lookup = resolver.lookup
             low, high = stack_config.tcp.ephemeral_ports
+            before = netlink.reserved_ports()
             cleanup.callback(netlink.reserve_ports(low, high))
+            added = netlink.reserved_ports() - before
+            claim.record({"reserved_ports": netlink.format_port_list(added)})
         with contextlib.suppress(Exception):
             gw, out_if = netlink.route_lookup(int(ipaddress.IPv4Address("192.0.2.1")))
             if gw is not None and out_if == ifname:

@@ -133,7 +133,7 @@ def main() -> int:
     args = p.parse_args()
     try:
         probe(args) if args.mode == "probe" else stream(args)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         emit({"event": "error", "error": errno_name(exc), "trace": traceback.format_exc()})
         return 1
     return 0

@@ -15,27 +15,16 @@ When a test fails, the logs of the daemons it used are attached to its report.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from netfixtures import require_integration, require_netns, stop_all_peers
-from xdpd_harness import DaemonProcess, daemon_executable
+from integration_support import require_integration
+from netfixtures import require_netns, stop_all_peers
+from xdpd_harness import DAEMONS_KEY, DaemonLab, DaemonProcess, daemon_executable
 
-from xdpstackd.netns import VethPair, cleanup_stale, create_veth_pair, destroy, unique_prefix
+from xdpstackd.netns import cleanup_stale
 
-# pytest imports every conftest.py outside a package as the module "conftest", so once
-# this one is loaded, ``from conftest import ...`` elsewhere finds it instead of
-# tests/conftest.py: re-export that one's helpers so such imports keep working.
-from netfixtures import _root_conftest  # noqa: E402  isort: skip
-
-AF_XDP = _root_conftest.AF_XDP
-running_under_ci = _root_conftest.running_under_ci
-integration_unavailable_reason = _root_conftest.integration_unavailable_reason
-
-DAEMONS_KEY = pytest.StashKey[list[DaemonProcess]]()
 _stale_cleaned = False
 
 
@@ -47,63 +36,6 @@ def _require_daemon() -> None:
     if not _stale_cleaned:
         _stale_cleaned = True
         cleanup_stale()  # leftovers of test processes that died
-
-
-def _remember(node: pytest.Item | pytest.Collector, daemon: DaemonProcess) -> None:
-    node.stash.setdefault(DAEMONS_KEY, []).append(daemon)
-
-
-class DaemonLab:
-    """Veth pairs and daemons on them; everything removed by :meth:`close`."""
-
-    def __init__(self, node: pytest.Item | pytest.Collector, workdir: Path) -> None:
-        self.node = node
-        self.workdir = workdir
-        self.pairs: list[VethPair] = []
-        self.daemons: list[DaemonProcess] = []
-
-    def pair(self, **kwargs: Any) -> VethPair:
-        kwargs.setdefault("prefix", unique_prefix("it"))
-        kwargs.setdefault("host_ns", "new")
-        pair = create_veth_pair(**kwargs)
-        self.pairs.append(pair)
-        return pair
-
-    def daemon(
-        self, pair: VethPair | None = None, *, name: str | None = None, start: bool = True, **kw: Any
-    ) -> DaemonProcess:
-        """A daemon on ``pair`` (a new pair if None), started unless ``start=False``."""
-        if pair is None:
-            pair = self.pair()
-        name = name or f"xdpstackd-{len(self.daemons) + 1}"
-        daemon = DaemonProcess(pair=pair, workdir=self.workdir, name=name, **kw)
-        self.daemons.append(daemon)
-        _remember(self.node, daemon)
-        if start:
-            daemon.start()
-        return daemon
-
-    def close(self) -> None:
-        """Stop every daemon still running (SIGTERM, status 0, no XDP left: asserted),
-        then remove everything, whatever happened. Raises the first failure."""
-        errors: list[BaseException] = []
-        stop_all_peers()
-        for daemon in reversed(self.daemons):
-            try:
-                if daemon.running:
-                    daemon.stop_and_check()
-            except BaseException as exc:  # noqa: BLE001 (collected, re-raised below)
-                errors.append(exc)
-            finally:
-                with contextlib.suppress(Exception):
-                    daemon.force_cleanup()
-        for pair in reversed(self.pairs):
-            try:
-                destroy(pair)
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
-        if errors:
-            raise errors[0]
 
 
 @pytest.fixture

@@ -13,7 +13,13 @@ import time
 
 import pytest
 from netfixtures import kernel_tcp_client, kernel_tcp_server, pattern_bytes, pattern_sha256
-from xdpd_harness import EPHEMERAL_PORTS, DaemonProcess, echo_exchange, pop_until_eof, sha256
+from xdpd_harness import (
+    EPHEMERAL_PORTS,
+    DaemonProcess,
+    echo_exchange,
+    pop_until_eof,
+    sha256,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -212,6 +218,48 @@ def test_rst_from_kernel_peer_after_our_fin_raises_connection_reset(
         lib.close(qd)
 
 
+def test_abort_resets_the_kernel_peer(module_daemon: DaemonProcess) -> None:
+    d = module_daemon
+    with kernel_tcp_server(d.peer_ns, 0, "sink") as server:
+        lib = d.client()
+        qd = lib.socket()
+        lib.wait(lib.connect(qd, (d.peer_ip, server.port)), timeout=IO_TIMEOUT)
+        lib.wait(lib.push(qd, b"then abort"), timeout=IO_TIMEOUT)
+        lib.abort(qd)
+        (conn,) = server.results(1, timeout=IO_TIMEOUT)
+        assert conn["error"] == "ECONNRESET", conn
+        assert conn["eof"] is False
+
+
+def test_close_with_unread_data_resets_the_kernel_peer(module_daemon: DaemonProcess) -> None:
+    d = module_daemon
+    nbytes = 100_000
+    # "source" sends, then FIN, then waits for our EOF: it sees the RST instead
+    with kernel_tcp_server(d.peer_ns, 0, "source", nbytes=nbytes) as server:
+        lib = d.client()
+        qd = lib.socket()
+        lib.wait(lib.connect(qd, (d.peer_ip, server.port)), timeout=IO_TIMEOUT)
+        first = lib.wait(lib.pop(qd, 1000), timeout=IO_TIMEOUT).data  # some data, not all
+        assert 0 < len(first) <= 1000
+        lib.close(qd)  # unread data left: RST, as Linux does
+        (conn,) = server.results(1, timeout=IO_TIMEOUT)
+        assert conn["error"] == "ECONNRESET", conn
+
+
+def test_kernel_keeps_the_ports_the_daemon_does_not_use(module_daemon: DaemonProcess) -> None:
+    """Shared address: a kernel server in the stack namespace, on the address the daemon
+    also uses, is reachable while the daemon runs (its frames are XDP_PASSed)."""
+    d = module_daemon
+    with kernel_tcp_server(d.stack_ns, 7105, "echo", host=d.stack_ip) as server:
+        client = kernel_tcp_client(d.peer_ns, d.stack_ip, server.port, "echo", nbytes=100_000)
+        conn = client.result(timeout=IO_TIMEOUT)
+        assert conn["error"] is None, conn
+        assert conn["rx_sha256"] == conn["tx_sha256"] == pattern_sha256(100_000)
+    # ... and a port nobody listens on is refused by the kernel there
+    refused = kernel_tcp_client(d.peer_ns, d.stack_ip, 7106, "sink", connect_timeout=5)
+    assert refused.result(timeout=IO_TIMEOUT)["error"] == "ECONNREFUSED"
+
+
 def test_connect_to_closed_kernel_port_raises_connection_refused(
     module_daemon: DaemonProcess,
 ) -> None:
@@ -282,3 +330,46 @@ def test_200_concurrent_connections_each_echo_their_own_data(
             assert conn["error"] is None and conn["eof"] is True, conn
             assert conn["rx_sha256"] == sha256(payload[qd])
         print(f"{count} connections echoed {count * size} bytes in {elapsed:.2f}s")
+
+
+def test_100_kernel_clients_at_once_are_accepted_and_echoed_by_an_xdpstack_listener(
+    module_daemon: DaemonProcess,
+) -> None:
+    d = module_daemon
+    count = 100
+    nbytes = 20_000
+    port = 7104
+    deadline = time.monotonic() + 90.0
+    lib = d.client()
+    listener = lib.socket()
+    lib.bind(listener, (d.stack_ip, port))
+    lib.listen(listener, count)
+    pending: dict[int, tuple[str, int]] = {lib.accept(listener): ("accept", listener)}
+    clients = kernel_tcp_client(d.peer_ns, d.stack_ip, port, "echo", nbytes=nbytes, count=count)
+    accepted = 0
+    finished = 0
+    while finished < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{accepted} accepted, {finished} of {count} echoed in time"
+        tokens = list(pending)
+        index, result = lib.wait_any(tokens, timeout=left)
+        kind, qd = pending.pop(tokens[index])
+        if kind == "accept":
+            accepted += 1
+            assert result.new_qd is not None and result.addr[0] == d.peer_ip
+            pending[lib.pop(result.new_qd)] = ("pop", result.new_qd)
+            if accepted < count:
+                pending[lib.accept(listener)] = ("accept", listener)
+        elif kind == "pop":
+            if result.data:
+                pending[lib.push(qd, result.data)] = ("push", qd)
+                pending[lib.pop(qd)] = ("pop", qd)
+            else:  # the kernel client had its bytes back and closed
+                lib.close(qd)
+                finished += 1
+    lib.close(listener)
+    results = clients.results(count, timeout=max(deadline - time.monotonic(), 10.0))
+    for conn in results:
+        assert conn["error"] is None, conn
+        assert conn["rx_bytes"] == nbytes
+        assert conn["rx_sha256"] == conn["tx_sha256"] == pattern_sha256(nbytes)

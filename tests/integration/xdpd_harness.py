@@ -16,6 +16,7 @@ unique in the repository, as it must be for modules outside packages).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -32,9 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+from netfixtures import stop_all_peers
+
 import xdpstack
 from xdpstack.protocol import Op
-from xdpstackd.netns import VethPair
+from xdpstackd.netns import VethPair, create_veth_pair, destroy, unique_prefix
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -121,7 +125,9 @@ def parse_port_ranges(text: str) -> set[int]:
 
 def reserved_ports(netns: str) -> set[int]:
     """``net.ipv4.ip_local_reserved_ports`` of namespace ``netns``."""
-    return parse_port_ranges(run_in(netns, "cat", "/proc/sys/net/ipv4/ip_local_reserved_ports").stdout)
+    return parse_port_ranges(
+        run_in(netns, "cat", "/proc/sys/net/ipv4/ip_local_reserved_ports").stdout
+    )
 
 
 def set_sysctl(netns: str, name: str, value: str) -> None:
@@ -146,6 +152,8 @@ class DaemonProcess:
     log_path: Path = field(init=False)
     config_path: Path = field(init=False)
     exit_status: int | None = None
+    ready: bool = False  # it served (the "ready:" line and a hello)
+    signalled: bool = False  # this harness sent it SIGTERM or SIGKILL
     _clients: list[xdpstack.Lib] = field(default_factory=list)
     _log_file: Any = None
 
@@ -155,6 +163,10 @@ class DaemonProcess:
             self.socket_path = self.workdir / "xdpstackd.sock"
         self.log_path = self.workdir / f"{self.name}.log"
         self.config_path = self.workdir / f"{self.name}.toml"
+
+    def __repr__(self) -> str:
+        pid = self.proc.pid if self.proc is not None else None
+        return f"<DaemonProcess {self.name} pid {pid} on {self.pair.host_if} log {self.log_path}>"
 
     # -- facts ------------------------------------------------------------------------
     @property
@@ -200,7 +212,11 @@ class DaemonProcess:
 
     def log_tail(self, lines: int = 300) -> str:
         text = self.log().splitlines()
-        head = [f"[... {len(text) - lines} earlier lines in {self.log_path}]"] if len(text) > lines else []
+        head = (
+            [f"[... {len(text) - lines} earlier lines in {self.log_path}]"]
+            if len(text) > lines
+            else []
+        )
         return "\n".join(head + text[-lines:])
 
     def describe(self) -> str:
@@ -259,6 +275,7 @@ class DaemonProcess:
             return True
 
         wait_until(hello, 10.0, f"a hello from {self.name}", 0.05, self.describe)
+        self.ready = True
 
     def client(self) -> xdpstack.Lib:
         """A new client-library connection; disconnected at teardown."""
@@ -279,6 +296,7 @@ class DaemonProcess:
         """SIGKILL (a crash): nothing is cleaned up by the daemon. Returns the status."""
         assert self.proc is not None
         if self.proc.poll() is None:
+            self.signalled = True
             os.kill(self.proc.pid, signal.SIGKILL)
         return self.wait_exit(STOP_TIMEOUT_S)
 
@@ -287,6 +305,7 @@ class DaemonProcess:
         daemon does not exit within ``timeout``)."""
         assert self.proc is not None
         if self.proc.poll() is None:
+            self.signalled = True
             os.kill(self.proc.pid, signal.SIGTERM)
         try:
             return self.wait_exit(timeout)
@@ -335,6 +354,79 @@ class DaemonProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+# --------------------------------------------------------------------------- the lab
+#: The daemons a test (item stash) or a module (module stash) used: their logs go into the
+#: report of a failing test (conftest.py's makereport hook).
+DAEMONS_KEY = pytest.StashKey[list[DaemonProcess]]()
+
+
+def _remember(node: pytest.Item | pytest.Collector, daemon: DaemonProcess) -> None:
+    node.stash.setdefault(DAEMONS_KEY, []).append(daemon)
+
+
+class DaemonLab:
+    """Veth pairs and daemons on them; everything removed by :meth:`close`."""
+
+    def __init__(self, node: pytest.Item | pytest.Collector, workdir: Path) -> None:
+        self.node = node
+        self.workdir = workdir
+        self.pairs: list[VethPair] = []
+        self.daemons: list[DaemonProcess] = []
+
+    def pair(self, **kwargs: Any) -> VethPair:
+        kwargs.setdefault("prefix", unique_prefix("it"))
+        kwargs.setdefault("host_ns", "new")
+        pair = create_veth_pair(**kwargs)
+        self.pairs.append(pair)
+        return pair
+
+    def daemon(
+        self,
+        pair: VethPair | None = None,
+        *,
+        name: str | None = None,
+        start: bool = True,
+        **kw: Any,
+    ) -> DaemonProcess:
+        """A daemon on ``pair`` (a new pair if None), started unless ``start=False``."""
+        if pair is None:
+            pair = self.pair()
+        name = name or f"xdpstackd-{len(self.daemons) + 1}"
+        daemon = DaemonProcess(pair=pair, workdir=self.workdir, name=name, **kw)
+        self.daemons.append(daemon)
+        _remember(self.node, daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    def close(self) -> None:
+        """Stop every daemon still running (SIGTERM, status 0, no XDP left: asserted),
+        then remove everything, whatever happened. Raises the first failure."""
+        errors: list[BaseException] = []
+        stop_all_peers()
+        for daemon in reversed(self.daemons):
+            try:
+                if daemon.running:
+                    daemon.stop_and_check()
+                elif daemon.ready and not daemon.signalled:
+                    raise AssertionError(
+                        f"{daemon.name} exited by itself during the test (status "
+                        f"{daemon.proc.poll() if daemon.proc else None}):\n{daemon.log_tail(80)}"
+                    )
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    daemon.force_cleanup()
+        for pair in reversed(self.pairs):
+            try:
+                destroy(pair)
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 # --------------------------------------------------------------------------- data

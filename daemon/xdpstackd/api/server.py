@@ -18,6 +18,12 @@ token; completions that arrive during a call are therefore held and routed right
 the call's reply is written, so a client always sees the reply that names a token
 before the token's completion.
 
+Control ops (``xdpstackctl``): STATUS, CONNECTIONS and SHOW (each connection carries an
+``owner``: the client id, pid and uid holding its descriptor), STATS, STEERING,
+ABORT_CONN (an operator's RST, whoever owns the connection) and CAPTURE, which turns the
+asking connection into a stream of pcap records (:mod:`xdpstackd.pcap`; the format is in
+:mod:`xdpstack.ctl_pcap`) until its count is reached, it asks to stop, or it goes away.
+
 Nothing a client sends can stop the daemon: decoding raises only ``ProtocolError``
 (answered with its errno; framing errors also close that client), an Engine call that
 fails with ``OSError`` is answered with its errno, and any other exception is logged
@@ -41,8 +47,10 @@ from typing import Any
 
 import xdpstack
 from xdpstack import protocol as P
+from xdpstack.ctl_pcap import RECORD_HEADER
 from xdpstackd.api.session import Session
 from xdpstackd.inetstack.completion import Completion
+from xdpstackd.pcap import CaptureStream, parse_capture_args
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +121,7 @@ class ApiServer:
         self._qt_owner: dict[int, Session] = {}
         self._qd_owner: dict[int, Session] = {}
         self._in_call = False
+        self._request_id = 0  # of the request being handled
         self._held: list[Completion] = []
         self._server: asyncio.AbstractServer | None = None
         self._file_id: tuple[int, int] | None = None
@@ -138,7 +147,11 @@ class ApiServer:
             P.Op.CONNECTIONS: self._connections,
             P.Op.SHOW: self._show,
             P.Op.STATS: self._stats,
+            P.Op.STEERING: self._steering,
+            P.Op.ABORT_CONN: self._abort_conn,
+            P.Op.CAPTURE: self._capture,
         }
+        self._captures: dict[int, CaptureStream] = {}  # session id -> its capture
 
     # =================================================================================
     # lifecycle
@@ -247,6 +260,9 @@ class ApiServer:
         callback (never inside an Engine call or a completion hand-off)."""
         if self.sessions.pop(session.id, None) is None:
             return
+        capture = self._captures.pop(session.id, None)
+        if capture is not None:
+            capture.stop("client gone")  # removes the engine tap
         if reason not in ("disconnected", "daemon stopping"):
             self.counters["clients_dropped"] += 1
             log.info("client %d (pid %s) dropped: %s", session.id, session.pid, reason)
@@ -343,6 +359,7 @@ class ApiServer:
             session.send_error(op_num, rid, errno.ENOSYS, f"{op.name} is not implemented")
             return
         self._in_call = True
+        self._request_id = rid
         try:
             value = handler(session, *args)
         except OSError as exc:
@@ -457,18 +474,33 @@ class ApiServer:
             "pid": os.getpid(),
             "socket": self.path,
             "uptime_s": round(time.time() - self._started_at, 3),
+            "started_at": round(self._started_at, 3),
             "clients": self.clients(),
             "api": dict(self.counters),
         }
         for key in ("connections", "sockets", "steered_ports", "wakeups", "datapath", "xdp"):
             if key in engine_stats:
                 status[key] = engine_stats[key]
+        status.update(_describe_engine(self.engine))
+        status["captures"] = len(self._captures)
         if self.status_extra is not None:
             status.update(self.status_extra())
         return _plain(status)
 
+    def _owner(self, qd: Any) -> dict[str, Any] | None:
+        """Which client holds descriptor ``qd`` (None: nobody, e.g. an orphan closing)."""
+        session = self._qd_owner.get(qd) if isinstance(qd, int) else None
+        if session is None:
+            return None
+        return {"client": session.id, "pid": session.pid, "uid": session.uid}
+
+    def _with_owner(self, conn: dict[str, Any]) -> dict[str, Any]:
+        out = dict(conn)
+        out["owner"] = self._owner(conn.get("connection_management", {}).get("qd"))
+        return out
+
     def _connections(self, session: Session, args: dict[str, Any]) -> Any:
-        return _plain(self.engine.connections())
+        return _plain([self._with_owner(c) for c in self.engine.connections()])
 
     def _stats(self, session: Session, args: dict[str, Any]) -> Any:
         stats = dict(self.engine.stats())
@@ -481,15 +513,123 @@ class ApiServer:
             qd = args["qd"]
             if isinstance(qd, bool) or not isinstance(qd, int):
                 raise OSError(errno.EINVAL, "qd must be an integer")
-            return _plain(self.engine.snapshot(qd))
+            return _plain(self._with_owner(self.engine.snapshot(qd)))
         conn_id = args.get("id")
         if conn_id is None:
             raise OSError(errno.EINVAL, 'SHOW takes {"id": N} or {"qd": N}')
         for conn in self.engine.connections():
             cm = conn.get("connection_management", {})
             if cm.get("id") == conn_id or str(cm.get("id")) == str(conn_id):
-                return _plain(conn)
+                return _plain(self._with_owner(conn))
         raise OSError(errno.ENOENT, f"no connection {conn_id}")
+
+    def _steering(self, session: Session, args: dict[str, Any]) -> Any:
+        """``{"source": "xdp" | "engine", "entries": [{"address", "port"}, ...]}``: the
+        XDP program's steering map (the engine's port set when there is no program)."""
+        entries = sorted(self.engine.steering(), key=lambda e: (e[1], e[0]))
+        return _plain(
+            {
+                "source": "xdp" if getattr(self.engine, "xdp", None) is not None else "engine",
+                "entries": [{"address": ip, "port": port} for ip, port in entries],
+            }
+        )
+
+    def _abort_conn(self, session: Session, args: dict[str, Any]) -> Any:
+        """``{"id": conn_id}``: RST that connection, whoever owns it; its owner's
+        descriptor stays and reports ECONNABORTED."""
+        conn_id = args.get("id")
+        if isinstance(conn_id, bool) or not isinstance(conn_id, int):
+            raise OSError(errno.EINVAL, 'ABORT_CONN takes {"id": N} with an integer N')
+        found: dict[str, Any] = {}
+        for conn in self.engine.connections():
+            cm = conn.get("connection_management", {})
+            if cm.get("id") == conn_id:
+                found = {k: cm.get(k) for k in ("state", "local", "remote", "qd")}
+                found["owner"] = self._owner(cm.get("qd"))
+                break
+        if not self.engine.abort_connection(conn_id):
+            raise OSError(errno.ENOENT, f"no connection {conn_id}")
+        log.info("connection %d aborted by client %d (pid %s)", conn_id, session.id, session.pid)
+        return _plain({"aborted": conn_id, **found})
+
+    def _capture(self, session: Session, args: dict[str, Any]) -> Any:
+        """Start a capture stream on this connection (see :mod:`xdpstackd.pcap`), or
+        ``{"stop": true}`` to end it (its END frame goes out before this reply)."""
+        current = self._captures.get(session.id)
+        if args.get("stop"):
+            if current is None:
+                return {"stopped": False}
+            current.stop("stopped")
+            return {"stopped": True}
+        if current is not None:
+            raise OSError(errno.EBUSY, "this connection is already capturing")
+        count, port, snaplen = parse_capture_args(args, self.max_frame - RECORD_HEADER.size)
+        capture = CaptureStream(
+            self.engine,
+            session,
+            P.Op.CAPTURE,
+            self._request_id,
+            count=count,
+            port=port,
+            snaplen=snaplen,
+            max_queued=self.write_high,
+            on_end=lambda c: self._capture_ended(session, c),
+        )
+        self._captures[session.id] = capture
+        capture.start()
+        log.info("client %d (pid %s) captures %s", session.id, session.pid, capture.describe())
+        return capture.describe()
+
+    def _capture_ended(self, session: Session, capture: CaptureStream) -> None:
+        if self._captures.get(session.id) is capture:
+            del self._captures[session.id]
+
+
+def _describe_engine(engine: Any) -> dict[str, Any]:
+    """What STATUS says about the interface, the address, the queues and the XDP program,
+    read from the engine's parts (every lookup tolerant: tests run simulated datapaths)."""
+    out: dict[str, Any] = {}
+    stack = getattr(engine, "stack", None)
+    xdp = getattr(engine, "xdp", None)
+    datapath = getattr(engine, "datapath", None)
+    sockets = list(getattr(datapath, "sockets", None) or ([datapath] if datapath else []))
+    ifname = getattr(xdp, "ifname", None) or next(
+        (s.ifname for s in sockets if getattr(s, "ifname", None)), None
+    )
+    if stack is not None:
+        mac = getattr(stack, "mac", b"")
+        config = getattr(stack, "config", None)
+        out["interface"] = {
+            "name": ifname,
+            "mac": ":".join(f"{b:02x}" for b in mac) if mac else None,
+            "mtu": getattr(config, "mtu", None),
+        }
+        gateway = getattr(stack, "gateway", None)
+        out["address"] = {
+            "ip": stack.ip_str,
+            "prefix_len": stack.prefix_len,
+            "mode": "owned" if stack.owned_address else "shared",
+            "gateway": socket.inet_ntoa(gateway.to_bytes(4, "big")) if gateway else None,
+        }
+    kinds = {"XskSocket": "af_xdp", "SimulatedDatapath": "simulated"}
+    out["queues"] = {
+        "count": len(sockets),
+        "ids": [getattr(s, "queue_id", i) for i, s in enumerate(sockets)],
+        "datapath": kinds.get(type(sockets[0]).__name__, type(datapath).__name__)
+        if sockets
+        else None,
+        "socket_modes": sorted({m for s in sockets if (m := getattr(s, "mode", None))}),
+    }
+    if xdp is not None:
+        out["xdp_program"] = {
+            "interface": xdp.ifname,
+            "mode": xdp.mode,
+            "attached": bool(getattr(xdp, "attached", False)),
+            "prog_id": getattr(xdp, "prog_id", None),
+        }
+    else:
+        out["xdp_program"] = None
+    return out
 
 
 def _plain(obj: Any) -> Any:

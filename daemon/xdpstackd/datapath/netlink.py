@@ -577,3 +577,17 @@ def reserve_ports(low: int, high: int) -> Callable[[], None]:
             os.close(ns_fd)
 
     return undo
+
+
+def reserved_ports() -> set[int]:
+    """The ports in ``ip_local_reserved_ports`` of the calling thread's namespace."""
+    with _reserved_lock:
+        return _read_reserved()
+
+
+def release_reserved_ports(ports: set[int]) -> None:
+    """Remove ``ports`` from ``ip_local_reserved_ports`` (a crashed daemon's leftovers)."""
+    with _reserved_lock:
+        current = _read_reserved()
+        if current & ports:
+            _write_reserved(current - ports)
