@@ -48,6 +48,8 @@ __all__ = ["Lib", "OpCode", "QResult", "connect"]
 
 HELLO_TIMEOUT_S = 10.0
 RECV_CHUNK = 1 << 20
+#: Most socket reads one ``poll()`` makes (an event loop calls it again while readable).
+POLL_READS = 16
 
 Address = tuple[str, int]
 
@@ -84,11 +86,14 @@ class QResult(NamedTuple):
 
 
 class _Token:
-    __slots__ = ("addr", "data", "done", "errno", "message", "new_qd", "opcode", "parts", "qd")
+    __slots__ = (
+        "addr", "data", "done", "errno", "message", "new_qd", "opcode", "parts", "qd", "qt",
+    )  # fmt: skip
 
-    def __init__(self, opcode: OpCode, qd: int) -> None:
+    def __init__(self, opcode: OpCode, qd: int, qt: int = 0) -> None:
         self.opcode = opcode
         self.qd = qd
+        self.qt = qt
         self.parts = 0  # daemon tokens not yet completed
         self.done = False
         self.errno = 0
@@ -146,6 +151,7 @@ class Lib:
         self._reply: tuple[int, int, bytes] | None = None  # (type, request id, payload)
         self._qts = itertools.count(1)
         self._tokens: dict[int, _Token] = {}
+        self._ready: dict[int, None] = {}  # completed, not yet taken (in completion order)
         self._daemon_qts: dict[int, int] = {}  # daemon qt -> our qt
         self._early: dict[int, P.WireCompletion] = {}  # completions before their reply
         self._qds: set[int] = set()
@@ -330,6 +336,23 @@ class Lib:
                     return i, self._take(qts[i], token)
             self._pump(deadline)
 
+    def poll(self) -> list[int]:
+        """Process what the daemon has sent so far, without blocking; return the tokens
+        that have completed and are not yet consumed, in the order they completed (take
+        each one's result with ``wait(qt, 0)``). For event loops: ``fileno()`` becomes
+        readable when there may be something to process."""
+        self._check_usable()
+        for _ in range(POLL_READS):
+            if not self._read_once(block=False):
+                break
+        return list(self._ready)
+
+    def discard(self, qt: int) -> None:
+        """Forget ``qt``: its result is not wanted (its descriptor was closed, say). Its
+        completion, when it comes, is dropped. An unknown token is ignored."""
+        if self._tokens.pop(qt, None) is not None:
+            self._ready.pop(qt, None)
+
     def pending(self) -> list[int]:
         """Tokens issued and not yet consumed by a wait."""
         return list(self._tokens)
@@ -418,7 +441,7 @@ class Lib:
 
     def _async(self, opcode: OpCode, qd: int, daemon_qt: int) -> int:
         qt = next(self._qts)
-        token = _Token(opcode, qd)
+        token = _Token(opcode, qd, qt)
         self._tokens[qt] = token
         self._attach(qt, token, daemon_qt)
         self._maybe_done(token)
@@ -435,6 +458,7 @@ class Lib:
         # Called once every part has been issued: only then can parts == 0 mean done.
         if token.parts == 0:
             token.done = True
+            self._ready[token.qt] = None
 
     def _complete(self, wc: P.WireCompletion) -> None:
         qt = self._daemon_qts.pop(wc.qt, None)
@@ -456,9 +480,11 @@ class Lib:
             token.data = wc.data
         if token.parts == 0:
             token.done = True
+            self._ready[token.qt] = None
 
     def _take(self, qt: int, token: _Token) -> QResult:
         del self._tokens[qt]
+        self._ready.pop(qt, None)
         if token.errno:
             if token.new_qd is not None:
                 self._qds.discard(token.new_qd)

@@ -162,7 +162,7 @@ class Engine:
         self._taps = (*self._taps, tap)
 
     def remove_tap(self, tap: Tap) -> None:
-        self._taps = tuple(t for t in self._taps if t is not tap)
+        self._taps = tuple(t for t in self._taps if t != tap)  # == : bound methods
 
     def _tap(self, direction: str, frames: list[bytes]) -> None:
         stamp = time.time()

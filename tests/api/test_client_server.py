@@ -384,9 +384,9 @@ def test_control_ops(daemon: Daemon, lib: xdpstack.Lib) -> None:
         lib.control(Op.SHOW, {"id": 10**6})
     stats = lib.control(Op.STATS)
     assert stats["stack"]["eth_frames_in"] > 0 and stats["api"]["requests"] > 0
-    with pytest.raises(OSError) as info:
-        lib.control(Op.STEERING)
-    assert info.value.errno == errno.ENOSYS
+    steering = lib.control(Op.STEERING)
+    assert steering["source"] == "engine"
+    assert {"address": OUR_IP, "port": lib.getsockname(qd)[1]} in steering["entries"]
 
 
 # ===================================================================== other loops
