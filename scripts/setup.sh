@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=/usr/bin/python3
 VENV=.venv
 STAMP="$VENV/.stamp"
-APT_PACKAGES=(python3-venv python3-dev gcc make)
+APT_PACKAGES=(python3-venv python3-dev gcc make curl redis-server)
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -33,6 +33,11 @@ fi
 # netns, veth) and ethtool (tx checksum offload off on test veths).
 DATAPATH_APT_PACKAGES=(python3-bpfcc iproute2 ethtool)
 APT_PACKAGES+=("${DATAPATH_APT_PACKAGES[@]}")
+
+# tests/systemd: systemd-analyze verify/security (systemd), setpriv and unshare
+# (util-linux), mount, strace (the unit's system call filter).
+SYSTEMD_TEST_APT_PACKAGES=(systemd util-linux mount strace)
+APT_PACKAGES+=("${SYSTEMD_TEST_APT_PACKAGES[@]}")
 
 pkg_installed() {
     [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true) == "install ok installed" ]]
