@@ -76,6 +76,16 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
 
 
+def _setns_unless_current(fd: int, current_fd: int) -> bool:
+    """setns(fd) unless it is the thread's namespace already (setns(2) needs CAP_SYS_ADMIN
+    even then, which a daemon run with only CAP_NET_ADMIN does not have). True if switched."""
+    target, current = os.fstat(fd), os.fstat(current_fd)
+    if (target.st_dev, target.st_ino) == (current.st_dev, current.st_ino):
+        return False
+    _setns(fd)
+    return True
+
+
 def _netns_path(netns: str) -> str:
     return netns if "/" in netns else os.path.join(NETNS_RUN_DIR, netns)
 
@@ -102,17 +112,20 @@ class InNetns:
         saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             if isinstance(self.netns, int):
-                _setns(self.netns)
+                switched = _setns_unless_current(self.netns, saved)
             else:
                 fd = os.open(_netns_path(self.netns), os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    _setns(fd)
+                    switched = _setns_unless_current(fd, saved)
                 finally:
                     os.close(fd)
         except BaseException:
             os.close(saved)
             raise
-        self._saved = saved
+        if switched:
+            self._saved = saved
+        else:
+            os.close(saved)
         return self
 
     def __exit__(self, *exc: object) -> None:
