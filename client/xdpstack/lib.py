@@ -161,7 +161,10 @@ class Lib:
     @classmethod
     def _handshake(cls, sock: socket.socket, path: str) -> Lib:
         sock.settimeout(HELLO_TIMEOUT_S)
-        sock.sendall(P.encode_hello())
+        try:
+            sock.sendall(P.encode_hello())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a daemon refusing us may close first: its ERROR frame is still to read
         buf = bytearray()
         while True:
             try:
