@@ -8,6 +8,7 @@ one line saying what to do.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from xdpstackd import __version__
+from xdpstackd.datapath.impair import Impairments, parse_spec
 from xdpstackd.settings import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_SOCKET_PATH,
@@ -42,6 +44,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _impair_spec(text: str) -> tuple[tuple[str, ...], dict[str, float]]:
+    """``[rx:|tx:]KEY=VALUE,...`` (see :func:`xdpstackd.datapath.impair.parse_spec`)."""
+    try:
+        directions, values = parse_spec(text)
+        Impairments(**values)  # ranges checked here, so the error names the option
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return directions, values
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
@@ -84,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="run in a network namespace and veth pair of its own, removed on exit",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")
+    parser.add_argument(
+        "--impair",
+        metavar="[rx:|tx:]K=V,...",
+        type=_impair_spec,
+        action="append",
+        help="fault injection in the datapath (repeatable; without rx:/tx: both directions): "
+        "loss, reorder, reorder_delay, duplicate, corrupt (probabilities), delay, jitter "
+        "(seconds); e.g. --impair loss=0.02,reorder=0.02 --impair rx:corrupt=0.01",
+    )
+    parser.add_argument(
+        "--impair-seed",
+        metavar="N",
+        type=_non_negative_int,
+        help="seed of the impairment stage's random decisions (default: 0)",
+    )
     parser.add_argument("--version", action="version", version=f"xdpstackd {__version__}")
     return parser
 
@@ -107,6 +144,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.log_level is not None:
         settings.log_level = args.log_level
     settings.sandbox = args.sandbox
+    impair = settings.impair
+    for directions, values in getattr(args, "impair", None) or ():
+        for direction in directions:
+            setattr(impair, direction, dataclasses.replace(getattr(impair, direction), **values))
+    if getattr(args, "impair_seed", None) is not None:
+        impair.seed = args.impair_seed
     settings.validate()
     return settings
 

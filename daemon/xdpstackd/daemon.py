@@ -209,10 +209,28 @@ def _serve(settings: Settings, stack: Any, datapath: Any, xdp: Any, sandbox: Any
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
+    impair = settings.impair
+    if impair.active:  # fault injection ([impair], --impair): off unless asked for
+        from xdpstackd.datapath.impair import ImpairedDatapath
+
+        datapath = ImpairedDatapath(
+            datapath,
+            rx=impair.rx,
+            tx=impair.tx,
+            seed=impair.seed,
+            loop=loop,
+            max_held_frames=impair.max_held_frames,
+        )
+        log.warning("impairment stage ON in the datapath: %s", datapath.describe())
     stopping = asyncio.Event()
     engine = Engine(stack, datapath, loop=loop, xdp=xdp)
     server = ApiServer(
-        engine, settings.socket, group=settings.socket_group, mode=settings.socket_mode
+        engine,
+        settings.socket,
+        group=settings.socket_group,
+        mode=settings.socket_mode,
+        max_descriptors=settings.client_max_sockets,
+        max_push_bytes=settings.client_max_push_bytes,
     )
 
     def request_stop(signame: str) -> None:

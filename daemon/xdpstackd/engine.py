@@ -110,7 +110,15 @@ class Engine:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_deadline = None
+        counters = self.stack.counters
+        timeouts = counters["tcp_timeouts"]  # connections time out in timers only
         self.stack.handle_timers(self.clock())
+        if counters["tcp_timeouts"] != timeouts:
+            log.info(
+                "%d connection(s) timed out (ETIMEDOUT): retransmissions or keep-alive "
+                "probes unanswered",
+                counters["tcp_timeouts"] - timeouts,
+            )
         self._epilogue()
 
     def _epilogue(self) -> None:
@@ -203,8 +211,12 @@ class Engine:
     def pop(self, qd: int, size: int | None = None) -> int:
         return self._run(self.stack.pop, qd, size, self.clock())
 
-    def close(self, qd: int) -> None:
-        self._run(self.stack.close, qd, self.clock())
+    def close(self, qd: int, *, discard_pending: bool = False) -> None:
+        """``discard_pending``: the client went away; drop pushes not yet buffered."""
+        self._run(self._close, qd, discard_pending)
+
+    def _close(self, qd: int, discard_pending: bool) -> None:
+        self.stack.close(qd, self.clock(), discard_pending=discard_pending)
 
     def abort(self, qd: int) -> None:
         self._run(self.stack.abort, qd, self.clock())

@@ -13,6 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xdpstackd.datapath.impair import (
+    DEFAULT_MAX_HELD_FRAMES,
+    DURATIONS,
+    PROBABILITIES,
+    Impairments,
+)
 from xdpstackd.inetstack.config import StackConfig, TcpConfig
 from xdpstackd.inetstack.layer4.tcp.established.congestion_control import ALGORITHMS
 
@@ -27,6 +33,23 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class ImpairSettings:
+    """``[impair]``: the datapath's impairment stage (fault injection; off by default).
+
+    ``[impair]`` holds ``seed``, ``max_held_frames`` and any :class:`Impairments` key for
+    both directions; ``[impair.rx]`` / ``[impair.tx]`` set one direction (and win)."""
+
+    seed: int = 0
+    max_held_frames: int = DEFAULT_MAX_HELD_FRAMES
+    rx: Impairments = field(default_factory=Impairments)
+    tx: Impairments = field(default_factory=Impairments)
+
+    @property
+    def active(self) -> bool:
+        return self.rx.active or self.tx.active
+
+
+@dataclass
 class Settings:
     interface: str | None = None
     address: str | None = None  # "A/N": owned-address mode
@@ -37,7 +60,16 @@ class Settings:
     socket_mode: int = 0o660
     sandbox: bool = False
     log_level: str = "info"
+    # per-client limits of the API server (xdpstackd.api.server): descriptors (EMFILE),
+    # bytes held in pushes not yet in a send buffer (ENOBUFS)
+    client_max_sockets: int = 65536
+    client_max_push_bytes: int = 64 << 20
     stack: StackConfig = field(default_factory=StackConfig)
+
+    def __post_init__(self) -> None:
+        # Not a dataclass field on purpose: fault injection for tests and drills, not one of
+        # the operator's keys (the example config and its test enumerate the fields).
+        self.impair = ImpairSettings()
 
     def validate(self) -> None:
         if self.queues < 1 or self.queues > 64:
@@ -46,6 +78,15 @@ class Settings:
             raise ConfigError(f"daemon.xdp_mode: must be one of {XDP_MODES}, got {self.xdp_mode!r}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"daemon.log_level: must be one of {LOG_LEVELS}")
+        if self.client_max_sockets < 1:
+            raise ConfigError(
+                f"daemon.client_max_sockets: must be at least 1, got {self.client_max_sockets}"
+            )
+        if self.client_max_push_bytes < 1:
+            raise ConfigError(
+                "daemon.client_max_push_bytes: must be at least 1, "
+                f"got {self.client_max_push_bytes}"
+            )
         if self.address is not None:
             try:
                 ipaddress.IPv4Interface(self.address)
@@ -72,6 +113,8 @@ _DAEMON_KEYS = {
     "socket_group": str,
     "socket_mode": int,
     "log_level": str,
+    "client_max_sockets": int,
+    "client_max_push_bytes": int,
 }
 
 
@@ -128,8 +171,8 @@ def load_file(path: str | Path, settings: Settings | None = None) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for section in doc:
-        if section not in ("daemon", "tcp", "stack"):
-            raise ConfigError(f"{section}: unknown section (expected daemon, stack, tcp)")
+        if section not in ("daemon", "tcp", "stack", "impair"):
+            raise ConfigError(f"{section}: unknown section (expected daemon, stack, tcp, impair)")
         if not isinstance(doc[section], dict):
             raise ConfigError(f"{section}: expected a table")
     for key, value in doc.get("daemon", {}).items():
@@ -141,4 +184,51 @@ def load_file(path: str | Path, settings: Settings | None = None) -> Settings:
     stack = _apply_section(settings.stack, "stack", doc.get("stack", {}))
     tcp: TcpConfig = _apply_section(settings.stack.tcp, "tcp", doc.get("tcp", {}))
     settings.stack = dataclasses.replace(stack, tcp=tcp)
+    if "impair" in doc:
+        settings.impair = _load_impair(doc["impair"], settings.impair)
     return settings
+
+
+def _impair_value(key: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if name in PROBABILITIES and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key}: must be a probability in [0, 1], got {value}")
+    if name in DURATIONS and not 0.0 <= value <= 60.0:
+        raise ConfigError(f"{key}: must be 0..60 seconds, got {value}")
+    return float(value)
+
+
+def _load_impair(table: dict[str, Any], current: ImpairSettings) -> ImpairSettings:
+    """The ``[impair]`` table (with its ``rx`` and ``tx`` sub-tables) onto ``current``."""
+    names = Impairments.field_names()
+    both: dict[str, float] = {}
+    per: dict[str, dict[str, float]] = {"rx": {}, "tx": {}}
+    seed, max_held = current.seed, current.max_held_frames
+    for key, value in table.items():
+        if key in per:
+            if not isinstance(value, dict):
+                raise ConfigError(f"impair.{key}: expected a table ([impair.{key}])")
+            for name, v in value.items():
+                if name not in names:
+                    raise ConfigError(f"impair.{key}.{name}: unknown key")
+                per[key][name] = _impair_value(f"impair.{key}.{name}", name, v)
+        elif key in ("seed", "max_held_frames"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"impair.{key}: expected a non-negative integer, got {value!r}")
+            if key == "seed":
+                seed = value
+            elif value < 1:
+                raise ConfigError(f"impair.{key}: must be at least 1, got {value}")
+            else:
+                max_held = value
+        elif key in names:
+            both[key] = _impair_value(f"impair.{key}", key, value)
+        else:
+            raise ConfigError(f"impair.{key}: unknown key")
+    return ImpairSettings(
+        seed=seed,
+        max_held_frames=max_held,
+        rx=dataclasses.replace(current.rx, **{**both, **per["rx"]}),
+        tx=dataclasses.replace(current.tx, **{**both, **per["tx"]}),
+    )

@@ -107,5 +107,8 @@ def test_echo_to_another_or_broadcast_address_is_not_answered() -> None:
     for dst in ("10.0.0.9", "10.0.0.255", "255.255.255.255"):
         frame = ipv4_frame(REQUEST, IPPROTO_ICMP, dst=ip_from_str(dst), dst_mac=BROADCAST_MAC)
         stack.receive_frame(frame, now=0.0)
+        frame = ipv4_frame(REQUEST, IPPROTO_ICMP, dst=ip_from_str(dst))
+        stack.receive_frame(frame, now=0.0)
     assert stack.poll_transmit() == []
+    assert stack.counters["eth_drop_broadcast_not_arp"] == 3
     assert stack.counters["ipv4_drop_not_for_us"] == 3

@@ -24,6 +24,21 @@ ABORT_CONN (an operator's RST, whoever owns the connection) and CAPTURE, which t
 asking connection into a stream of pcap records (:mod:`xdpstackd.pcap`; the format is in
 :mod:`xdpstack.ctl_pcap`) until its count is reached, it asks to stop, or it goes away.
 
+Per-client limits (``[daemon]`` keys ``client_max_sockets`` and
+``client_max_push_bytes``), so that one client cannot take the daemon's memory:
+
+* descriptors: ``socket`` (and ``accept``, counting accepts not yet completed) fails with
+  EMFILE once the client holds ``max_descriptors`` of them, as a process at its
+  RLIMIT_NOFILE does;
+* bytes in pending pushes: a push completes when its bytes are in the connection's send
+  buffer (bounded by SO_SNDBUF); until then the daemon holds them for the client. A push
+  that would take the client's held bytes past ``max_push_bytes`` fails at once with
+  ENOBUFS and nothing of it is queued; the pushes accepted before it are not affected and
+  complete in order as the peer reads. The client waits for one of its push tokens and
+  tries again. (Chosen over back-pressure -- not reading the client's requests -- because
+  that would also hold up the client's pops and its other connections behind one slow
+  peer.) A client with no push pending can always push one frame, whatever the limit.
+
 Nothing a client sends can stop the daemon: decoding raises only ``ProtocolError``
 (answered with its errno; framing errors also close that client), an Engine call that
 fails with ``OSError`` is answered with its errno, and any other exception is logged
@@ -55,7 +70,8 @@ from xdpstackd.pcap import CaptureStream, parse_capture_args
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CLIENTS = 1024
-DEFAULT_MAX_DESCRIPTORS = 65536  # per client, like RLIMIT_NOFILE
+DEFAULT_MAX_DESCRIPTORS = 65536  # per client, like RLIMIT_NOFILE ([daemon] client_max_sockets)
+DEFAULT_MAX_PUSH_BYTES = 64 << 20  # per client, in pushes not yet completed
 DEFAULT_MAX_PENDING = 65536  # queue tokens per client not yet completed
 DEFAULT_WRITE_HIGH = 4 << 20  # above this a client's requests are not read
 DEFAULT_WRITE_HARD_LIMIT = 256 << 20  # above this a client is dropped
@@ -82,6 +98,7 @@ class ApiServer:
         max_frame: int = P.DEFAULT_MAX_PAYLOAD,
         max_descriptors: int = DEFAULT_MAX_DESCRIPTORS,
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_push_bytes: int = DEFAULT_MAX_PUSH_BYTES,
         write_high: int = DEFAULT_WRITE_HIGH,
         write_hard_limit: int = DEFAULT_WRITE_HARD_LIMIT,
         status_extra: Callable[[], dict[str, Any]] | None = None,
@@ -98,6 +115,7 @@ class ApiServer:
         self.max_pop = max_frame - P.COMPLETION.size
         self.max_descriptors = max_descriptors
         self.max_pending = max_pending
+        self.max_push_bytes = max_push_bytes
         self.write_high = write_high
         self.write_hard_limit = max(write_hard_limit, write_high + 2 * max_frame)
         self.status_extra = status_extra
@@ -114,6 +132,8 @@ class ApiServer:
                 "completions_routed",
                 "completions_dropped",
                 "orphan_descriptors_closed",
+                "sockets_refused_emfile",
+                "pushes_refused_enobufs",
             ),
             0,
         )
@@ -270,6 +290,9 @@ class ApiServer:
             if self._qt_owner.get(qt) is session:
                 del self._qt_owner[qt]
         session.qts.clear()
+        session.accept_qts.clear()
+        session.push_sizes.clear()
+        session.push_bytes = 0
         qds = sorted(session.qds)
         session.qds.clear()
         for qd in qds:
@@ -287,7 +310,7 @@ class ApiServer:
             if qd in self._qd_owner:  # handed out again meanwhile (cannot happen today)
                 continue
             try:
-                self.engine.close(qd)
+                self.engine.close(qd, discard_pending=True)
             except OSError:
                 pass  # already gone (aborted by the daemon, or closed by the stack)
             except Exception:
@@ -323,6 +346,10 @@ class ApiServer:
                 self._call_soon(self._close_descriptors, [new_qd])
             return
         session.qts.discard(c.qt)
+        if session.push_sizes:
+            session.push_bytes -= session.push_sizes.pop(c.qt, 0)
+        if session.accept_qts:
+            session.accept_qts.discard(c.qt)
         if new_qd is not None:
             session.qds.add(new_qd)
             self._qd_owner[new_qd] = session
@@ -408,9 +435,15 @@ class ApiServer:
         return call
 
     # -- socket calls -------------------------------------------------------------------
-    def _socket(self, session: Session) -> int:
-        if len(session.qds) >= self.max_descriptors:
+    def _check_descriptors(self, session: Session) -> None:
+        """EMFILE at the client's descriptor limit (accepts not yet completed count: each
+        brings a descriptor)."""
+        if len(session.qds) + len(session.accept_qts) >= self.max_descriptors:
+            self.counters["sockets_refused_emfile"] += 1
             raise OSError(errno.EMFILE, f"too many descriptors ({self.max_descriptors})")
+
+    def _socket(self, session: Session) -> int:
+        self._check_descriptors(session)
         qd = self.engine.socket()
         session.qds.add(qd)
         self._qd_owner[qd] = session
@@ -427,9 +460,10 @@ class ApiServer:
     def _accept(self, session: Session, qd: int) -> int:
         self._own(session, qd)
         self._check_pending(session)
-        if len(session.qds) >= self.max_descriptors:
-            raise OSError(errno.EMFILE, f"too many descriptors ({self.max_descriptors})")
-        return self._token(session, self.engine.accept(qd))
+        self._check_descriptors(session)
+        qt = self._token(session, self.engine.accept(qd))
+        session.accept_qts.add(qt)
+        return qt
 
     def _connect(self, session: Session, qd: int, addr: tuple[str, int]) -> int:
         self._own(session, qd)
@@ -439,7 +473,21 @@ class ApiServer:
     def _push(self, session: Session, qd: int, data: bytes) -> int:
         self._own(session, qd)
         self._check_pending(session)
-        return self._token(session, self.engine.push(qd, data))
+        size = len(data)
+        held = session.push_bytes
+        if held and held + size > self.max_push_bytes:
+            self.counters["pushes_refused_enobufs"] += 1
+            raise OSError(
+                errno.ENOBUFS,
+                f"{held} bytes of this client's pushes wait for send-buffer space; "
+                f"{size} more would pass its limit of {self.max_push_bytes}",
+            )
+        qt = self._token(session, self.engine.push(qd, data))
+        if size:
+            # routed (and subtracted) after this call returns, even if already complete
+            session.push_sizes[qt] = size
+            session.push_bytes += size
+        return qt
 
     def _pop(self, session: Session, qd: int, size: int | None) -> int:
         self._own(session, qd)
@@ -547,6 +595,11 @@ class ApiServer:
                 found = {k: cm.get(k) for k in ("state", "local", "remote", "qd")}
                 found["owner"] = self._owner(cm.get("qd"))
                 break
+        owner_uid = (found.get("owner") or {}).get("uid")
+        if not _privileged(session) and session.uid != owner_uid:
+            raise OSError(
+                errno.EPERM, "only root, the daemon's user or the connection's owner may abort it"
+            )
         if not self.engine.abort_connection(conn_id):
             raise OSError(errno.ENOENT, f"no connection {conn_id}")
         log.info("connection %d aborted by client %d (pid %s)", conn_id, session.id, session.pid)
@@ -563,6 +616,8 @@ class ApiServer:
             return {"stopped": True}
         if current is not None:
             raise OSError(errno.EBUSY, "this connection is already capturing")
+        if not _privileged(session):
+            raise OSError(errno.EPERM, "only root or the daemon's user may capture (like tcpdump)")
         count, port, snaplen = parse_capture_args(args, self.max_frame - RECORD_HEADER.size)
         capture = CaptureStream(
             self.engine,
@@ -583,6 +638,12 @@ class ApiServer:
     def _capture_ended(self, session: Session, capture: CaptureStream) -> None:
         if self._captures.get(session.id) is capture:
             del self._captures[session.id]
+
+
+def _privileged(session: Session) -> bool:
+    """Root or the daemon's own user: who may reset others' connections or see their
+    traffic (on Linux, ``ss -K`` and tcpdump need CAP_NET_ADMIN / CAP_NET_RAW)."""
+    return session.uid in (0, os.getuid())
 
 
 def _describe_engine(engine: Any) -> dict[str, Any]:

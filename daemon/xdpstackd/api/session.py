@@ -42,6 +42,9 @@ class Session(asyncio.Protocol):
         self.connected_at = time.time()
         self.qds: set[int] = set()
         self.qts: set[int] = set()
+        self.accept_qts: set[int] = set()  # accepts not completed (each brings a descriptor)
+        self.push_sizes: dict[int, int] = {}  # push token -> bytes, until it completes
+        self.push_bytes = 0  # sum of push_sizes: held for this client (per-client limit)
         self.closed = False
         self.hello_done = False
         self.paused = False
@@ -195,6 +198,7 @@ class Session(asyncio.Protocol):
             "gid": self.gid,
             "descriptors": sorted(self.qds),
             "pending_tokens": len(self.qts),
+            "pending_push_bytes": self.push_bytes,
             "requests": self.requests,
             "output_queued": transport.get_write_buffer_size() if transport else 0,
             "reading_paused": self.paused,

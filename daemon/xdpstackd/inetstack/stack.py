@@ -184,6 +184,11 @@ class InetStack:
                 return
             ethertype = eth.ethertype
             if ethertype == ETHERTYPE_IPV4:
+                if dst != self.mac:
+                    # link-layer broadcast is for ARP; IP in it is not addressed to us
+                    # (Linux's TCP takes only PACKET_HOST frames)
+                    counters["eth_drop_broadcast_not_arp"] += 1
+                    return
                 self._receive_ipv4(payload, now)
             elif ethertype == ETHERTYPE_ARP:
                 self._receive_arp(payload, now)
@@ -352,9 +357,9 @@ class InetStack:
         self._now = now
         return self.tcp.pop(qd, size, now)
 
-    def close(self, qd: int, now: float) -> None:
+    def close(self, qd: int, now: float, *, discard_pending: bool = False) -> None:
         self._now = now
-        self.tcp.close(qd, now)
+        self.tcp.close(qd, now, discard_pending=discard_pending)
 
     def abort(self, qd: int, now: float) -> None:
         self._now = now

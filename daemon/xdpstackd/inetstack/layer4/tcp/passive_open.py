@@ -42,6 +42,7 @@ class PassiveSocket:
         """A segment for no existing connection, to our port (RFC 9293 3.10.7.2)."""
         flags = hdr.flags
         if flags & RST:
+            self.peer.counters["tcp_drop_listen_rst"] += 1
             return
         if flags & ACK:
             self.peer.send_rst_for(
@@ -143,6 +144,8 @@ class HalfOpenConnection:
             # RFC 9293 3.10.7.4 / RFC 5961: only an RST at RCV.NXT ends the attempt
             if hdr.seq_num == self.irs + 1:
                 self.drop()
+            else:
+                peer.counters["tcp_drop_syn_recv_rst_not_exact"] += 1
             return
         if flags & SYN:
             if not flags & ACK and hdr.seq_num == self.irs:
@@ -152,6 +155,7 @@ class HalfOpenConnection:
                 peer.send_ack_raw(self.local, self.remote, self.iss + 1, self.irs + 1)
             return
         if not flags & ACK:
+            peer.counters["tcp_drop_syn_recv_no_ack"] += 1
             return
         if hdr.ack_num != self.iss + 1:
             peer.send_rst_for(hdr, len(payload), self.local, self.remote)

@@ -269,7 +269,7 @@ class TcpPeer:
         self._schedule(est)
         return qt
 
-    def close(self, qd: int, now: float) -> None:
+    def close(self, qd: int, now: float, *, discard_pending: bool = False) -> None:
         sock = self.sockets.pop(qd, None)
         if sock is None:
             raise OSError(errno.EBADF, f"bad descriptor {qd}")
@@ -283,7 +283,7 @@ class TcpPeer:
             if isinstance(conn, ActiveOpenSocket):
                 self.active_open_failed(conn, errno.ECONNABORTED, complete=False)
             return
-        conn.close(now)
+        conn.close(now, discard_pending=discard_pending)
         self._schedule(conn)
 
     def shutdown(self, qd: int, now: float) -> None:

@@ -33,6 +33,8 @@ from xdpstackd.inetstack.layer4.tcp.established.ordered_delivery import OrderedD
 from xdpstackd.inetstack.layer4.tcp.header import TcpHeader
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
+ORPHAN_PROBES = 8  # Linux: tcp_orphan_retries = 0 means 8 probes
+
 
 def segment_acceptable(seq: SeqNumber, seg_len: int, rcv_nxt: SeqNumber, rcv_wnd: int) -> bool:
     """RFC 9293 3.10.7.4, the four-case acceptability test."""
@@ -169,7 +171,9 @@ class ControlBlock:
             return actions
         if rod.snd_max < ack:
             self.counters["tcp_drop_ack_of_unsent"] += 1
-            return A.DROP | A.ACK_NOW  # acks something not yet sent (RFC 9293): ACK and drop
+            # acks something not yet sent (RFC 9293): ACK and drop; a bare one only at
+            # the out-of-window rate, so it cannot make us ACK at line rate
+            return A.DROP | (A.ACK_NOW if payload else A.ACK_INVALID)
         # an old ACK: within MAX.SND.WND behind SND.UNA it is merely ignored (RFC 5961 5.2)
         if una.distance(ack) > fc.max_snd_wnd:
             self.counters["tcp_drop_ack_too_old"] += 1
@@ -192,6 +196,11 @@ class ControlBlock:
         fa = fc.on_timer(now, cc)
         if fa & A.TIMED_OUT:
             return actions | A.TIMED_OUT | cm.on_reset(errno.ETIMEDOUT)
+        if fa & A.PROBE and cm.orphaned and fc.probe_backoff > ORPHAN_PROBES:
+            # nobody will ever write more or read: an orphan may not sit in persist for
+            # ever behind a window the peer keeps shut (Linux: tcp_orphan_retries)
+            self.counters["tcp_orphans_aborted_in_persist"] += 1
+            return actions | A.SEND_RST | cm.on_reset(errno.ETIMEDOUT)
         actions |= fa
         ca = cm.on_timer(now)
         if ca & A.TIMED_OUT:

@@ -42,6 +42,7 @@ Outbox = list[tuple[int, int, bytes]]
 
 # Linux's tcp_invalid_ratelimit: one ACK per half second for bare out-of-window segments
 INVALID_ACK_INTERVAL_S = 0.5
+MIN_SND_MSS = 48  # Linux's tcp_min_snd_mss
 SYN_TIMEOUT_FALLBACK_RTO_S = 3.0  # RFC 6298 5.7, Linux TCP_TIMEOUT_FALLBACK
 
 
@@ -142,7 +143,9 @@ class EstablishedSocket:
     ) -> EstablishedSocket:
         """Build the four components from what the handshake negotiated."""
         scaling = peer_wscale is not None
-        mss = min(peer_mss if peer_mss else 536, config.mss)  # RFC 9293 3.7.1 default
+        # RFC 9293 3.7.1 default 536; a tiny MSS is raised to Linux's floor (tcp_min_snd_mss)
+        # so a peer cannot make us send a segment per byte (CVE-2019-11479)
+        mss = min(max(peer_mss if peer_mss else 536, MIN_SND_MSS), config.mss)
         cm = ConnectionManagement(
             local, remote, config, nodelay=options.nodelay, keepalive=options.keepalive, now=now
         )
@@ -246,11 +249,18 @@ class EstablishedSocket:
         else:
             self.pending_pops.append((qt, size))
 
-    def close(self, now: float) -> None:
+    def close(self, now: float, *, discard_pending: bool = False) -> None:
         """The descriptor is closed: graceful FIN after queued data, or RST when the
-        application leaves received data unread (as Linux's tcp_close does)."""
+        application leaves received data unread (as Linux's tcp_close does).
+
+        ``discard_pending``: the process went away, so pushes not yet in the send buffer
+        are dropped (on Linux such bytes were never copied out of the dead writer)."""
         cm = self.cb.cm
         self._fail_pops(errno.ECANCELED)  # pops of this descriptor can never complete now
+        if discard_pending:
+            while self.pending_pushes:
+                qt = self.pending_pushes.popleft()[0]
+                self._complete(OpCode.PUSH, qt, errno_=errno.ECANCELED)
         self.qd = None
         if cm.state is State.CLOSED:
             self._release()
