@@ -333,10 +333,18 @@ def sandbox_argv(
     proc_sys_rw = [p for v in unit_values(unit, "Service", "ReadWritePaths") for p in v.split()]
     assert all(p.startswith("/proc/sys/") for p in proc_sys_rw), proc_sys_rw
     q = shlex.quote
+    # A checkout under /tmp (CI clones may live there) would vanish under PrivateTmp's
+    # fresh tmpfs; a real install is never there. Carry the checkout across the new /tmp.
+    repo_in_tmp = any(REPO.is_relative_to(t) for t in ("/tmp", "/var/tmp"))
+    stash = os.path.join(runtime_directory, ".repo")
+    carry_in = [f"mkdir -p {q(stash)} && mount --bind {q(str(REPO))} {q(stash)}"]
+    carry_out = [f"mkdir -p {q(str(REPO))} && mount --bind {q(stash)} {q(str(REPO))}"]
     steps = [
         "set -e",
+        *(carry_in if repo_in_tmp else []),
         "mount --bind / / && mount -o remount,bind,ro /",
         "mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs -o mode=1777 tmpfs /var/tmp",
+        *(carry_out if repo_in_tmp else []),
         f"mount --bind {q(runtime_directory)} {RUNTIME_DIR}",
         f"mount -o remount,bind,rw {RUNTIME_DIR}",
         "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys",
