@@ -5,13 +5,14 @@ VENV := .venv
 PY   := $(VENV)/bin/python
 RUFF := $(VENV)/bin/ruff
 
-.PHONY: help setup test lint format demo simdemo bench clean
+.PHONY: help setup test lint format demo simdemo bench compare clean
 
 help:
 	@echo "make demo   - xdpstackd --sandbox with a kernel echo server in its namespace: data both ways"
 	@echo "make simdemo - the TCP/IP core alone: two stacks on a lossy simulated link"
 	@echo "make test   - lint, format check and the test suite (what CI runs)"
 	@echo "make bench  - benchmark of the sans-IO core, back-to-back in one process"
+	@echo "make compare - xdpstack against the kernel's TCP on one veth pair: ratio table + plot"
 	@echo "make lint   - ruff check and ruff format --check"
 	@echo "make format - ruff format, then ruff check --fix"
 	@echo "make setup  - Debian packages and .venv (run by every target above)"
@@ -42,6 +43,9 @@ simdemo: setup
 
 bench: setup
 	$(PY) bench/core_bench.py
+
+compare: setup
+	$(PY) bench/compare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist
