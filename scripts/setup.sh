@@ -153,7 +153,8 @@ fi
 # 3. The project, editable, with test and bench extras; redone when the packaging or the
 #    C extension's sources change (the cffi module is built at install).
 want=$(cat pyproject.toml setup.py daemon/xdpstackd/datapath/_xsk.c \
-    daemon/xdpstackd/datapath/_xsk_build.py 2>/dev/null | sha256sum | cut -d' ' -f1)
+    daemon/xdpstackd/datapath/_xsk_build.py daemon/xdpstackd/inetstack/csum.h \
+    daemon/xdpstackd/inetstack/_checksum_build.py 2>/dev/null | sha256sum | cut -d' ' -f1)
 have=$(cat "$STAMP" 2>/dev/null || true)
 if [[ $want == "$have" ]]; then
     say "$VENV is up to date with the packaging and C sources (stamp matches); nothing to install"
@@ -166,9 +167,13 @@ else
 fi
 
 # 4. bcc must be importable from the venv (python3-bpfcc through system site packages).
-if [[ ! -f daemon/xdpstackd/datapath/_xsk.abi3.so ]] && ! ls daemon/xdpstackd/datapath/_xsk*.so >/dev/null 2>&1; then
+if ! ls daemon/xdpstackd/datapath/_xsk*.so >/dev/null 2>&1; then
     say "building the AF_XDP extension (cffi)"
     "$VENV/bin/python" daemon/xdpstackd/datapath/_xsk_build.py
+fi
+if ! ls daemon/xdpstackd/inetstack/_checksum*.so >/dev/null 2>&1; then
+    say "building the checksum extension (cffi)"
+    "$VENV/bin/python" daemon/xdpstackd/inetstack/_checksum_build.py
 fi
 if ! "$VENV/bin/python" -c 'import bcc' 2>/dev/null; then
     echo "setup: $VENV/bin/python cannot import bcc (python3-bpfcc for $PYTHON)" >&2
