@@ -377,3 +377,19 @@ def test_closing_a_listener_resets_connections_nobody_accepted() -> None:
     # and the port is free for a new listener
     l2 = p.b.socket()
     p.b.bind(l2, (B_IP, 8080))
+
+
+def test_an_accepted_connection_keeps_its_port_in_use_after_its_listener_closes() -> None:
+    """XDP steers exactly ``ports_in_use()``: if an accepted connection lost its port when
+    the server closed its listener, the peer's ACKs would reach the kernel and be reset."""
+    p = PeerPair()
+    lqd, _cqd, sqd = p.connect(8080)
+    p.b.close(lqd, p.now)
+    assert 8080 in p.b.ports_in_use()
+    version = p.b.ports_version
+    p.b.push(sqd, b"x" * 100_000, p.now)
+    p.b.close(sqd, p.now)  # orphaned: still flushing its data, then FIN_WAIT/TIME_WAIT
+    assert 8080 in p.b.ports_in_use()
+    p.run_for(p.b.config.msl_s * 2 + 5)
+    assert 8080 not in p.b.ports_in_use()
+    assert p.b.ports_version != version

@@ -2,7 +2,10 @@
 
 Each accepted connection is a :class:`~xdpstackd.api.session.Session`. Requests are
 decoded with :mod:`xdpstack.protocol` and turned into Engine calls on the loop's thread;
-every request gets exactly one REPLY or ERROR frame, in order.
+every request gets exactly one REPLY or ERROR frame, in order. A reply larger than a
+frame (CONNECTIONS on a busy daemon) goes in several REPLY frames, written together, to a
+client whose request carries ``F_STREAM``; to others, or past ``max_reply`` bytes, it is
+ERROR EMSGSIZE (see "Replies in several frames" in :mod:`xdpstack.protocol`).
 
 Ownership: a descriptor belongs to the session that created it (``socket``) or accepted
 it (the accept completion's ``new_qd`` goes to the listener's session). Any call on a
@@ -102,6 +105,7 @@ class ApiServer:
         write_high: int = DEFAULT_WRITE_HIGH,
         write_hard_limit: int = DEFAULT_WRITE_HARD_LIMIT,
         status_extra: Callable[[], dict[str, Any]] | None = None,
+        max_reply: int | None = None,
     ) -> None:
         if max_frame < P.PAYLOAD_OVERHEAD + 1 or max_frame > P.U32_MAX - P.HEADER_SIZE:
             raise ValueError(f"max_frame {max_frame} is out of range")
@@ -118,6 +122,8 @@ class ApiServer:
         self.max_push_bytes = max_push_bytes
         self.write_high = write_high
         self.write_hard_limit = max(write_hard_limit, write_high + 2 * max_frame)
+        # most bytes one reply takes on the wire (split into frames); more is EMSGSIZE
+        self.max_reply = max_reply if max_reply is not None else self.write_hard_limit // 2
         self.status_extra = status_extra
         self.sessions: dict[int, Session] = {}
         self.counters: dict[str, int] = dict.fromkeys(
@@ -134,6 +140,8 @@ class ApiServer:
                 "orphan_descriptors_closed",
                 "sockets_refused_emfile",
                 "pushes_refused_enobufs",
+                "replies_split",
+                "replies_too_large",
             ),
             0,
         )
@@ -401,17 +409,56 @@ class ApiServer:
             log.exception("%s from client %d", op.name, session.id)
             session.send_error(op_num, rid, errno.EIO, f"internal error: {type(exc).__name__}")
         else:
-            try:
-                data = P.reply(op_num, rid, value)
-            except Exception as exc:
-                self.counters["internal_errors"] += 1
-                log.exception("encoding the reply to %s", op.name)
-                data = P.error(op_num, rid, errno.EIO, f"cannot encode reply: {exc}")
-            session.write(data)
+            self._reply(session, op, rid, frame.flags, value)
         finally:
             self._in_call = False
             if self._held:
                 self._flush_held()
+
+    def _reply(self, session: Session, op: P.Op, rid: int, flags: int, value: Any) -> None:
+        """Send ``value`` as the reply: one REPLY frame when it fits; in several frames
+        (``F_STREAM`` ... ``F_STREAM | F_END``) when it does not and the request said it
+        can read them; else ERROR EMSGSIZE (the client stays connected)."""
+        try:
+            payload = P.encode_value(value)
+        except Exception as exc:
+            self.counters["internal_errors"] += 1
+            log.exception("encoding the reply to %s", op.name)
+            session.send_error(op, rid, errno.EIO, f"cannot encode reply: {exc}")
+            return
+        size = len(payload)
+        if size <= self.max_frame:
+            session.write(P.encode_frame(P.FrameType.REPLY, op, rid, payload))
+            return
+        if not flags & P.F_STREAM:
+            self.counters["replies_too_large"] += 1
+            session.send_error(
+                op,
+                rid,
+                errno.EMSGSIZE,
+                f"the {op.name} reply is {size} bytes, more than one frame carries "
+                f"({self.max_frame}), and this client did not ask for it in several frames "
+                f"(request flag F_STREAM: a newer xdpstack client library does)",
+            )
+            return
+        frames = -(-size // self.max_frame)
+        wire = size + frames * P.HEADER_SIZE
+        transport = session.transport
+        queued = transport.get_write_buffer_size() if transport is not None else 0
+        # past write_hard_limit the session would drop its client: refuse instead
+        limit = min(self.max_reply, self.write_hard_limit - queued)
+        if wire > limit:
+            self.counters["replies_too_large"] += 1
+            session.send_error(
+                op,
+                rid,
+                errno.EMSGSIZE,
+                f"the {op.name} reply is {size} bytes, more than the daemon sends as one "
+                f"reply ({limit})",
+            )
+            return
+        self.counters["replies_split"] += 1
+        session.writelines(P.reply_frames(op, rid, payload, self.max_frame))
 
     # -- helpers --------------------------------------------------------------------------
     def _own(self, session: Session, qd: int) -> None:
@@ -548,7 +595,9 @@ class ApiServer:
         return out
 
     def _connections(self, session: Session, args: dict[str, Any]) -> Any:
-        return _plain([self._with_owner(c) for c in self.engine.connections()])
+        # Not _plain(): the reply's encoder makes the same JSON, and with tens of thousands
+        # of connections the round trip through json would cost more than the snapshot.
+        return [self._with_owner(c) for c in self.engine.connections()]
 
     def _stats(self, session: Session, args: dict[str, Any]) -> Any:
         stats = dict(self.engine.stats())

@@ -91,6 +91,10 @@ class TcpPeer:
         self.port_refs: _Counter[int] = _Counter()
         self.ports_version = 0  # bumped whenever the set of ports in use changes
         self.port_held_by: dict[int, int] = {}  # id(conn) -> port an orphan still holds
+        # accepted connections use their listener's port; they keep it steered even after
+        # the listener is closed (no bind conflict from them: that is port_refs' job)
+        self.conn_port_refs: _Counter[int] = _Counter()
+        self.conn_port_of: dict[int, int] = {}  # id(accepted conn) -> its local port
         self.outbox: list[tuple[int, int, bytes]] = []
         self.completions: list[Completion] = []
         self.limiter = ChallengeAckLimiter(config.challenge_ack_per_s)
@@ -398,8 +402,10 @@ class TcpPeer:
         return (ip_to_str(conn.remote[0]), conn.remote[1])
 
     def ports_in_use(self) -> list[int]:
-        """Local ports the stack's sockets and connections use (what XDP must steer)."""
-        return list(self.port_refs)
+        """Local ports the stack's sockets and connections use (what XDP must steer):
+        bound and listening sockets, connections they opened, and every accepted
+        connection, which keeps its port steered after its listener is gone."""
+        return list(set(self.port_refs) | set(self.conn_port_refs))
 
     def socket_state(self, qd: int) -> SocketState:
         return self._socket(qd).state
@@ -485,6 +491,11 @@ class TcpPeer:
         half.released = True
         est.conn_id = half.conn_id
         self.conns[half.key] = est
+        port = half.local[1]
+        if not self.conn_port_refs[port] and not self.port_refs[port]:
+            self.ports_version += 1
+        self.conn_port_refs[port] += 1
+        self.conn_port_of[id(est)] = port
         est.receive(hdr, payload, now)  # the completing ACK may carry window, data, FIN
         self._schedule(est)
         self.counters["tcp_passive_opens"] += 1
@@ -558,6 +569,13 @@ class TcpPeer:
         port = self.port_held_by.pop(id(conn), None)
         if port is not None:
             self._release_port(port)
+        port = self.conn_port_of.pop(id(conn), None)
+        if port is not None:
+            if self.conn_port_refs[port] <= 1:
+                del self.conn_port_refs[port]
+                self.ports_version += 1
+            else:
+                self.conn_port_refs[port] -= 1
 
     # =====================================================================================
     # internals
