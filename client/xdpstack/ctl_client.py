@@ -4,7 +4,8 @@ Control requests could go through :class:`xdpstack.Lib` (``lib.control``), but t
 also needs what the application library does not do: bounded waits (a wedged daemon must
 not hang the operator's shell) and reading the CAPTURE stream, whose several REPLY frames
 per request ``Lib`` would reject. This is that small blocking reader, built on
-:mod:`xdpstack.protocol`.
+:mod:`xdpstack.protocol`. :meth:`ControlClient.request` asks for replies in several frames
+(CONNECTIONS with thousands of connections outgrows one) and puts them together.
 """
 
 from __future__ import annotations
@@ -105,25 +106,37 @@ class ControlClient:
         return self._sock.fileno()
 
     # -- requests ---------------------------------------------------------------------------
-    def send(self, op: int, args: dict[str, Any] | None = None) -> int:
-        """Send a control request; return its request id."""
+    def send(self, op: int, args: dict[str, Any] | None = None, *, stream: bool = False) -> int:
+        """Send a control request; return its request id. ``stream``: the reply may come
+        in several frames (only :meth:`request` reads those)."""
         assert self._sock is not None, "not connected"
         rid = next(self._rids)
         self._sock.settimeout(self.timeout)
-        self._sock.sendall(P.request_control(op, rid, args))
+        self._sock.sendall(P.request_control(op, rid, args, stream=stream))
         return rid
 
     def request(self, op: int, args: dict[str, Any] | None = None) -> Any:
-        """A control request's reply value; DaemonError for an ERROR reply,
-        TimeoutError when nothing comes within the timeout."""
-        rid = self.send(op, args)
+        """A control request's reply value, whole even when it came in several frames;
+        DaemonError for an ERROR reply, TimeoutError when the daemon stays silent for the
+        timeout (a long reply may take longer in all, as long as its frames keep coming)."""
+        rid = self.send(op, args, stream=True)
         deadline = monotonic() + self.timeout
+        parts: bytearray | None = None
         while True:
             frame = self.read_frame(max(0.0, deadline - monotonic()))
             if frame is None:
                 raise TimeoutError(errno.ETIMEDOUT, f"xdpstackd did not answer {P.Op(op).name}")
             if frame.request_id != rid:
                 continue  # a late stream frame of an earlier request
+            if frame.type == P.FrameType.REPLY and frame.flags & P.F_STREAM:
+                parts = bytearray() if parts is None else parts
+                parts += frame.payload
+                if not frame.flags & P.F_END:
+                    deadline = monotonic() + self.timeout
+                    continue
+                return P.decode_value(parts)
+            if parts is not None:
+                raise P.ProtocolError(f"{P.Op(op).name}: the reply's last frame is missing")
             return decode_reply(frame)
 
     # -- frames -----------------------------------------------------------------------------

@@ -33,6 +33,11 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
+# CAPTURE stream: header flags of the REPLY frames after the first (the protocol's own,
+# which also mark a reply split over several frames)
+from xdpstack.protocol import F_END as F_END
+from xdpstack.protocol import F_STREAM as F_STREAM
+
 MAGIC_US = 0xA1B2C3D4  # microsecond timestamps
 MAGIC_NS = 0xA1B23C4D  # nanosecond timestamps (read, never written)
 VERSION = (2, 4)
@@ -41,10 +46,6 @@ DEFAULT_SNAPLEN = 65535
 
 GLOBAL_HEADER = struct.Struct("<IHHiIII")  # magic, major, minor, thiszone, sigfigs, snaplen, lt
 RECORD_HEADER = struct.Struct("<IIII")  # ts_sec, ts_usec, incl_len, orig_len
-
-# CAPTURE stream: header flags of the REPLY frames after the first
-F_STREAM = 0x0001
-F_END = 0x0002
 
 
 def global_header(snaplen: int = DEFAULT_SNAPLEN, linktype: int = LINKTYPE_ETHERNET) -> bytes:

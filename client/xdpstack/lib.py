@@ -148,7 +148,8 @@ class Lib:
         self.max_push = max_payload - 4
         self._rbuf = bytearray()
         self._rids = itertools.count(1)
-        self._reply: tuple[int, int, bytes] | None = None  # (type, request id, payload)
+        self._reply: tuple[int, int, bytes | bytearray] | None = None  # type, request id, payload
+        self._parts: tuple[int, bytearray] | None = None  # a reply in several frames, so far
         self._qts = itertools.count(1)
         self._tokens: dict[int, _Token] = {}
         self._ready: dict[int, None] = {}  # completed, not yet taken (in completion order)
@@ -301,8 +302,11 @@ class Lib:
         return self._call(lambda rid: P.request_getsockopt(rid, qd, opt))
 
     def control(self, op: P.Op | int, args: dict[str, Any] | None = None) -> Any:
-        """A control request (STATUS, CONNECTIONS, STATS, ...) -> its JSON reply."""
-        return self._call(lambda rid: P.request_control(op, rid, args))
+        """A control request (STATUS, CONNECTIONS, STATS, ...) -> its JSON reply, whole
+        (a reply larger than a frame comes in several, put together here). A reply the
+        daemon will not send at all raises ``OSError`` EMSGSIZE. Not for CAPTURE, whose
+        stream of frames ``xdpstackctl`` reads itself."""
+        return self._call(lambda rid: P.request_control(op, rid, args, stream=True))
 
     # =================================================================================
     # waiting
@@ -588,7 +592,12 @@ class Lib:
                     elif ftype == P.FrameType.REPLY or ftype == P.FrameType.ERROR:
                         if self._reply is not None:
                             raise ProtocolError("a reply nobody asked for")
-                        self._reply = (ftype, frame.request_id, bytes(payload))
+                        if ftype == P.FrameType.REPLY and frame.flags & P.F_STREAM:
+                            self._reply_part(frame.request_id, frame.flags, payload)
+                        elif self._parts is not None:
+                            raise ProtocolError("a reply inside another one")
+                        else:
+                            self._reply = (ftype, frame.request_id, bytes(payload))
                     else:
                         raise ProtocolError(f"unexpected frame type {ftype}")
                 finally:
@@ -598,6 +607,18 @@ class Lib:
             raise self._fail(f"bad data from the daemon: {exc}") from None
         if offset:
             del buf[:offset]
+
+    def _reply_part(self, rid: int, flags: int, payload: memoryview) -> None:
+        """One frame of a reply in several (protocol: "Replies in several frames")."""
+        parts = self._parts
+        if parts is None:
+            parts = self._parts = (rid, bytearray())
+        elif parts[0] != rid:
+            raise ProtocolError(f"a reply to request {rid} inside the one to {parts[0]}")
+        parts[1].extend(payload)
+        if flags & P.F_END:
+            self._parts = None
+            self._reply = (P.FrameType.REPLY, rid, parts[1])
 
 
 def _option_name(name: str | int) -> str:

@@ -14,7 +14,8 @@ Frames (both directions, after the hello)
     ``HEADER`` = u32 length of the rest (8 + payload), u8 frame type, u8 op, u16 flags,
     u32 request id; then the payload. A payload larger than the receiver's maximum
     (:data:`DEFAULT_MAX_PAYLOAD` unless agreed otherwise) is an error: the daemon answers
-    EMSGSIZE and closes that client.
+    EMSGSIZE and closes that client. Header flags: :data:`F_STREAM`, :data:`F_END` (see
+    "Replies in several frames"); other bits are 0 and ignored.
 
 Frame types
     REQUEST (client -> daemon, ``op`` says which call), REPLY (ok: a tagged value),
@@ -28,11 +29,24 @@ Request payloads (``qd`` is u32, an address is 4 bytes + u16 port)
     ACCEPT, CLOSE, ABORT, SHUTDOWN, GETSOCKNAME, GETPEERNAME: qd.
     SETSOCKOPT: qd, u8 name length, ASCII name, tagged value. GETSOCKOPT: qd, name.
     Control ops (STATUS, CONNECTIONS, SHOW, STATS, STEERING, ABORT_CONN, CAPTURE): a JSON
-    object (empty payload = ``{}``); the reply is a JSON value. They are for
-    ``xdpstackctl``, never on the data path.
+    object (empty payload = ``{}``); the reply is a JSON value, possibly in several
+    frames (below). They are for ``xdpstackctl``, never on the data path.
 
 Tagged values (REPLY payloads, SETSOCKOPT values)
     u8 tag, then: NONE nothing; INT i64; FLOAT f64; ADDR 4 bytes + u16; JSON / STR UTF-8.
+
+Replies in several frames
+    A control reply can outgrow one frame (CONNECTIONS carries every connection's four
+    control-block components, over 1 KB each). A client that can read such a reply says
+    so with :data:`F_STREAM` in its REQUEST's flags. A reply whose tagged value is larger
+    than the max payload then goes as REPLY frames (same op and request id) flagged
+    ``F_STREAM``, the last one ``F_STREAM | F_END``; their payloads, concatenated, are
+    the tagged value (:func:`reply_frames`; a reply that fits goes as one ordinary REPLY
+    frame either way). The daemon writes them back to back (a reader still takes any
+    COMPLETION frame between them as it comes). Without the request flag, or past the
+    daemon's limit for one reply, the answer is an ERROR EMSGSIZE and the connection
+    stays usable. (CAPTURE's reply is never split: its ``F_STREAM`` frames, after its
+    first REPLY, are pcap records; see :mod:`xdpstack.ctl_pcap`.)
 
 Decoding is total: any malformed input raises :class:`ProtocolError` (with an ``errno``
 the daemon can answer with) and nothing else.
@@ -80,6 +94,11 @@ _PUSH_HEAD = struct.Struct("<IBBHII")
 
 U32_MAX = 0xFFFFFFFF
 U64_MAX = (1 << 64) - 1
+
+# Header flags. REQUEST: F_STREAM = the client reads a reply split over several frames.
+# REPLY: F_STREAM = one of several frames answering one request, F_END = the last of them.
+F_STREAM = 0x0001
+F_END = 0x0002
 
 
 class FrameType(enum.IntEnum):
@@ -405,8 +424,8 @@ def _check_u32(value: Any, what: str) -> int:
     return value
 
 
-def request(op: int, request_id: int, payload: bytes = b"") -> bytes:
-    return encode_frame(FrameType.REQUEST, op, request_id, payload)
+def request(op: int, request_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    return encode_frame(FrameType.REQUEST, op, request_id, payload, flags)
 
 
 def request_qd(op: int, request_id: int, qd: int) -> bytes:
@@ -456,8 +475,13 @@ def request_getsockopt(request_id: int, qd: int, name: str) -> bytes:
     return request(Op.GETSOCKOPT, request_id, payload)
 
 
-def request_control(op: int, request_id: int, args: dict[str, Any] | None = None) -> bytes:
-    return request(op, request_id, json_dumps(args or {}).encode())
+def request_control(
+    op: int, request_id: int, args: dict[str, Any] | None = None, *, stream: bool = False
+) -> bytes:
+    """A control request; ``stream``: the reply may come in several frames (the
+    request carries :data:`F_STREAM`)."""
+    flags = F_STREAM if stream else 0
+    return request(op, request_id, json_dumps(args or {}).encode(), flags)
 
 
 def _need(payload: bytes | memoryview, size: int, op: Op, exact: bool = True) -> None:
@@ -538,6 +562,28 @@ _QD_ONLY = frozenset({Op.ACCEPT, Op.CLOSE, Op.ABORT, Op.SHUTDOWN, Op.GETSOCKNAME
 # =====================================================================================
 def reply(op: int, request_id: int, value: Any = None) -> bytes:
     return encode_frame(FrameType.REPLY, op, request_id, encode_value(value))
+
+
+def reply_frames(
+    op: int, request_id: int, payload: bytes, max_payload: int
+) -> list[bytes | memoryview]:
+    """A REPLY whose tagged-value ``payload`` is larger than ``max_payload``, as buffers:
+    REPLY frames flagged :data:`F_STREAM` carrying ``max_payload`` bytes each, the last
+    flagged ``F_STREAM | F_END`` (see "Replies in several frames"). A payload that fits
+    gives one ordinary REPLY frame."""
+    size = len(payload)
+    if size <= max_payload:
+        return [encode_frame(FrameType.REPLY, op, request_id, payload)]
+    if max_payload < 1:
+        raise ValueError(f"max payload {max_payload} is too small")
+    view = memoryview(payload)
+    out: list[bytes | memoryview] = []
+    for start in range(0, size, max_payload):
+        part = view[start : start + max_payload]
+        flags = F_STREAM | F_END if start + max_payload >= size else F_STREAM
+        out.append(HEADER.pack(LENGTH_REST + len(part), FrameType.REPLY, op, flags, request_id))
+        out.append(part)
+    return out
 
 
 def error(op: int, request_id: int, err: int, message: str = "") -> bytes:
