@@ -68,24 +68,34 @@ def stop(proc: subprocess.Popen[str], timeout: float = 10.0) -> tuple[str, str]:
 
 
 def read_line_with(proc: subprocess.Popen[str], needle: str, timeout: float = 30.0) -> str:
-    """Wait for a stdout line containing ``needle``."""
+    """Wait for a stdout line containing ``needle``.
+
+    Reads the pipe's descriptor directly: ``select`` on a text-mode pipe with
+    ``readline`` misses lines already pulled into the file object's buffer."""
+    import os
     import selectors
     import time
 
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
-    seen = []
+    seen: list[str] = []
+    pending = b""
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if not sel.select(max(0.0, deadline - time.monotonic())):
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            seen.append(line)
-            if needle in line:
-                return line
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace") + "\n"
+                seen.append(line)
+                if needle in line:
+                    return line
     out, err = stop(proc)
     raise AssertionError(
         f"no {needle!r} from {proc.args}: stdout {''.join(seen) + out!r}, stderr {err!r}"
