@@ -143,14 +143,19 @@ def cmd_connections(args: argparse.Namespace, client: ControlClient) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace, client: ControlClient) -> int:
-    conn_id = _conn_id(args.id)
+def _request_for_connection(client: ControlClient, op: Op, conn_id: int) -> Any:
+    """A control request about one connection; an unknown id is an operator error."""
     try:
-        conn = client.request(Op.SHOW, {"id": conn_id})
+        return client.request(op, {"id": conn_id})
     except DaemonError as exc:
         if exc.errno == errno.ENOENT:
             raise CtlError(f"no connection {conn_id} (see `{PROG} connections`)") from None
         raise
+
+
+def cmd_show(args: argparse.Namespace, client: ControlClient) -> int:
+    conn_id = _conn_id(args.id)
+    conn = _request_for_connection(client, Op.SHOW, conn_id)
     _emit(args, R.show_view(conn), R.render_show)
     return 0
 
@@ -167,12 +172,7 @@ def cmd_steering(args: argparse.Namespace, client: ControlClient) -> int:
 
 def cmd_abort(args: argparse.Namespace, client: ControlClient) -> int:
     conn_id = _conn_id(args.id)
-    try:
-        result = client.request(Op.ABORT_CONN, {"id": conn_id})
-    except DaemonError as exc:
-        if exc.errno == errno.ENOENT:
-            raise CtlError(f"no connection {conn_id} (see `{PROG} connections`)") from None
-        raise
+    result = _request_for_connection(client, Op.ABORT_CONN, conn_id)
 
     def text(r: dict[str, Any]) -> str:
         line = f"connection {conn_id} aborted"

@@ -23,7 +23,7 @@ from xdpstackd.inetstack.counters import Counters
 from xdpstackd.inetstack.errors import ChecksumError, ParseError
 from xdpstackd.inetstack.layer3.ipv4 import ip_from_str, ip_to_str
 from xdpstackd.inetstack.layer4.tcp.active_open import ActiveOpenSocket
-from xdpstackd.inetstack.layer4.tcp.established.acknowledger import send_ack
+from xdpstackd.inetstack.layer4.tcp.established import acknowledger
 from xdpstackd.inetstack.layer4.tcp.established.connection_management import State
 from xdpstackd.inetstack.layer4.tcp.established.established_socket import (
     ChallengeAckLimiter,
@@ -148,13 +148,19 @@ class TcpPeer:
 
     def poll_transmit(self) -> list[tuple[int, int, bytes]]:
         # connections append to this very list, so it is copied and cleared in place
-        out = self.outbox[:]
-        self.outbox.clear()
+        outbox = self.outbox
+        if not outbox:
+            return []
+        out = outbox[:]
+        outbox.clear()
         return out
 
     def poll_completions(self) -> list[Completion]:
-        out = self.completions[:]
-        self.completions.clear()
+        completions = self.completions
+        if not completions:
+            return []
+        out = completions[:]
+        completions.clear()
         return out
 
     def handle_timers(self, now: float) -> None:
@@ -528,7 +534,7 @@ class TcpPeer:
         self.conns[key] = est
         conn.socket.connection = est
         if send_ack:
-            _send_ack(est)
+            acknowledger.send_ack(est)
         else:
             est.receive(hdr, payload, now)
         self._schedule(est)
@@ -712,7 +718,3 @@ class TcpPeer:
         cm["id"] = conn.conn_id
         cm["qd"] = qd
         return snap
-
-
-def _send_ack(est: EstablishedSocket) -> None:
-    send_ack(est)

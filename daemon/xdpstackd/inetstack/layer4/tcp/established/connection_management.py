@@ -80,7 +80,7 @@ class ConnectionManagement:
         self.orphaned = False  # the application closed its descriptor
         self.error = 0  # errno the connection died with (ECONNRESET, ETIMEDOUT, ...)
 
-    # -- read-only facts other components may look at (ConnectionView) --------------
+    # -- read-only facts the dispatcher looks at -----------------------------------------
     @property
     def receiving(self) -> bool:
         return self.state in _RECEIVING

@@ -30,7 +30,7 @@ from xdpstackd.inetstack.layer4.tcp.established.connection_management import (
 )
 from xdpstackd.inetstack.layer4.tcp.established.flow_control import FlowControl
 from xdpstackd.inetstack.layer4.tcp.established.ordered_delivery import OrderedDelivery
-from xdpstackd.inetstack.layer4.tcp.header import TcpHeader
+from xdpstackd.inetstack.layer4.tcp.header import ACK, FIN, RST, SYN, TcpHeader
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
 ORPHAN_PROBES = 8  # Linux: tcp_orphan_retries = 0 means 8 probes
@@ -80,9 +80,9 @@ class ControlBlock:
             return A.NONE
         flags = hdr.flags
         seq = hdr.seq_num
-        rst = flags & 0x04
-        syn = flags & 0x02
-        fin = flags & 0x01
+        rst = flags & RST
+        syn = flags & SYN
+        fin = flags & FIN
         seg_len = len(payload) + (1 if syn else 0) + (1 if fin else 0)
         rcv_wnd = fc.rcv_wnd(rod.rcv_nxt)
 
@@ -116,7 +116,7 @@ class ControlBlock:
             self.counters["tcp_syn_challenged"] += 1
             return A.CHALLENGE_ACK
         # fifth: the ACK field
-        if not flags & 0x10:
+        if not flags & ACK:
             self.counters["tcp_drop_no_ack_flag"] += 1
             return A.NONE
         cm.on_segment_received(now)
@@ -161,7 +161,7 @@ class ControlBlock:
         if ack == una:
             dup = (
                 not payload
-                and not hdr.flags & 0x01
+                and not hdr.flags & FIN
                 and rod.snd_max != una
                 and fc.window_unchanged(hdr)
             )

@@ -32,7 +32,13 @@ from xdpstackd.inetstack.layer4.tcp.established.ordered_delivery import OrderedD
 from xdpstackd.inetstack.layer4.tcp.established.retransmitter import retransmit_head
 from xdpstackd.inetstack.layer4.tcp.established.rto import RtoCalculator
 from xdpstackd.inetstack.layer4.tcp.established.sender import send_pending
-from xdpstackd.inetstack.layer4.tcp.header import ACK, RST, TcpHeader, build_tcp
+from xdpstackd.inetstack.layer4.tcp.header import (
+    ACK,
+    MAX_WINDOW_SCALE,
+    RST,
+    TcpHeader,
+    build_tcp,
+)
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
 if TYPE_CHECKING:
@@ -163,7 +169,7 @@ class EstablishedSocket:
         fc = FlowControl(
             mss=mss,
             snd_wnd=peer_window_raw,  # windows in SYNs are never scaled (RFC 7323 2.2)
-            snd_wscale=min(peer_wscale, 14) if scaling else 0,
+            snd_wscale=min(peer_wscale, MAX_WINDOW_SCALE) if scaling else 0,
             rcv_wscale=our_wscale if scaling else 0,
             rcv_buffer_bytes=options.recv_buffer_bytes,
             snd_wl1=irs,

@@ -102,23 +102,6 @@ class OrderedDelivery:
     def bytes_in_flight(self) -> int:
         return self.snd_nxt.distance(self.snd_una)
 
-    @property
-    def unsent_bytes(self) -> int:
-        return len(self.send_buf) - self.bytes_in_flight + (1 if self.fin_seq else 0)
-
-    @property
-    def send_space(self) -> int:
-        return self.send_buffer_bytes - len(self.send_buf)
-
-    @property
-    def data_end(self) -> SeqNumber:
-        """Sequence number just past the last byte the application gave us."""
-        return self.snd_una + len(self.send_buf)
-
-    @property
-    def all_acked(self) -> bool:
-        return self.snd_una == self.snd_max
-
     # -- application side ---------------------------------------------------------------
     def push(self, data: bytes | memoryview, start: int) -> int:
         """Append ``data[start:]`` as far as the send buffer allows; return bytes taken."""
