@@ -1125,11 +1125,6 @@ def test_ack_storm_acking_unsent_data_draws_rate_limited_answers(arena: Arena) -
         v.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: one challenge-ACK budget for the whole stack is an off-path side "
-    "channel, CVE-2016-5696 (notes/bugs_from_hostile.md #2)",
-)
 def test_challenge_ack_budget_is_not_shared_between_connections(arena: Arena) -> None:
     """RFC 5961 7 / CVE-2016-5696: with one global, fixed per-second budget an off-path
     attacker exhausts it with its own connection and learns from the missing challenge

@@ -5,11 +5,13 @@ segments that have no connection (RFC 9293 3.10.7.1). A RST is never answered.""
 from __future__ import annotations
 
 import errno
+import random
 
 import pytest
 from pair import PeerPair, segment
 
 from xdpstackd.inetstack.config import TcpConfig
+from xdpstackd.inetstack.layer4.tcp.established.established_socket import ChallengeAckLimiter
 from xdpstackd.inetstack.layer4.tcp.header import ACK, FIN, PSH, RST, SYN, TcpOptions
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
@@ -114,16 +116,49 @@ def test_old_syn_on_an_established_connection_draws_a_counted_challenge_ack() ->
     assert e.p.state("b", e.sqd) == "ESTABLISHED"
 
 
-def test_challenge_acks_are_rate_limited_per_second_and_counted() -> None:
-    e = Established(TcpConfig(challenge_ack_per_s=2))
+def test_challenge_acks_are_limited_to_one_per_half_second_per_connection() -> None:
+    e = Established()
     answered = sum(len(e.to_b(e.rcv_nxt() + 5 + i, RST)) for i in range(6))
-    assert answered == 2
-    assert e.p.b.counters["tcp_challenge_acks"] == 2
-    assert e.p.b.counters["tcp_challenge_acks_suppressed"] == 4
-    e.p.run_for(1.01)  # a new second, a new allowance
+    assert answered == 1
+    assert e.p.b.counters["tcp_challenge_acks"] == 1
+    assert e.p.b.counters["tcp_challenge_acks_suppressed"] == 5
+    e.p.run_for(0.51)  # Linux's tcp_invalid_ratelimit: one answer per 500 ms
     assert len(e.to_b(e.rcv_nxt() + 5, RST)) == 1
-    assert e.p.b.counters["tcp_challenge_acks"] == 3
+    assert e.p.b.counters["tcp_challenge_acks"] == 2
     assert e.p.state("b", e.sqd) == "ESTABLISHED"
+
+
+def test_a_challenge_ack_storm_on_one_connection_leaves_another_its_challenge_ack() -> None:
+    """CVE-2016-5696: with one stack-wide budget, an attacker spends it on its own
+    connection and learns from B's missing challenge ACKs whether its probes hit B's
+    window. The per-connection limit comes first, so A's storm costs B nothing."""
+    e = Established(TcpConfig(challenge_ack_per_s=4))
+    _, cqd2, sqd2 = e.p.connect(port=8081)
+    b_port2 = e.p.a.getsockname(cqd2)[1]
+    for _ in range(20):  # A's storm, spread over 10 s: a challenge ACK every 0.5 s
+        for i in range(50):
+            e.to_b(e.rcv_nxt() + 5 + i, RST)
+        e.p.run_for(0.5)
+    rod2 = e.p.b.snapshot(sqd2)["ordered_delivery"]
+    n = len(e.p.sent("b"))
+    e.p.inject(
+        "b",
+        segment(b_port2, 8081, SeqNumber(rod2["rcv_nxt"]) + 5, SeqNumber(rod2["snd_nxt"]), RST),
+    )
+    answers = [h for _, h, _ in e.p.sent("b")[n:] if h.dst_port == b_port2]
+    assert [h.flags for h in answers] == [ACK]
+    assert e.p.state("b", sqd2) == "ESTABLISHED"
+
+
+def test_the_stack_wide_challenge_ack_budget_is_drawn_at_random_each_second() -> None:
+    """The backstop behind the per-connection limit: Linux's randomised
+    tcp_challenge_ack_limit, between half and one and a half times the limit."""
+    limiter = ChallengeAckLimiter(10, random.Random(7))
+    allowances = []
+    for second in range(20):
+        allowances.append(sum(limiter.allow(second + i / 1000) for i in range(100)))
+    assert all(5 <= n <= 14 for n in allowances), allowances
+    assert len(set(allowances)) > 1, allowances  # not a fixed, countable budget
 
 
 def test_rst_in_syn_sent_is_accepted_only_if_it_acks_our_syn() -> None:

@@ -9,6 +9,7 @@ acknowledger) in the fixed order of ``_carry_out``.
 from __future__ import annotations
 
 import errno
+import random
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -53,21 +54,31 @@ SYN_TIMEOUT_FALLBACK_RTO_S = 3.0  # RFC 6298 5.7, Linux TCP_TIMEOUT_FALLBACK
 
 
 class ChallengeAckLimiter:
-    """RFC 5961 7: at most ``limit_per_s`` challenge ACKs per second, stack-wide."""
+    """RFC 5961 7's stack-wide backstop behind the per-connection limit.
 
-    __slots__ = ("count", "limit_per_s", "window_start")
+    A fixed global budget is an off-path side channel (CVE-2016-5696: spend it on your
+    own connection, then count the challenge ACKs a victim's connection still draws), so,
+    as Linux does since 4.7, each connection first limits itself (one out-of-window
+    answer per ``INVALID_ACK_INTERVAL_S``) and this budget is drawn at random each second
+    from [limit/2, limit*3/2)."""
 
-    def __init__(self, limit_per_s: int) -> None:
+    __slots__ = ("count", "limit_per_s", "rng", "window_start")
+
+    def __init__(self, limit_per_s: int, rng: random.Random | None = None) -> None:
         self.limit_per_s = limit_per_s
+        self.rng = rng if rng is not None else random.Random()
         self.window_start = float("-inf")
         self.count = 0
 
     def allow(self, now: float) -> bool:
         if now - self.window_start >= 1.0:
             self.window_start = now
-            self.count = 0
-        self.count += 1
-        return self.count <= self.limit_per_s
+            half = (self.limit_per_s + 1) >> 1
+            self.count = self.rng.randint(half, self.limit_per_s + half - 1)
+        if self.count > 0:
+            self.count -= 1
+            return True
+        return False
 
 
 class EstablishedSocket:
@@ -340,7 +351,11 @@ class EstablishedSocket:
             if actions & A.PROBE:
                 send_probe(self)
             if actions & A.CHALLENGE_ACK:
-                if self.limiter.allow(now):
+                # per connection first (Linux: tcp_oow_rate_limited), then stack-wide
+                if now - self._last_invalid_ack >= INVALID_ACK_INTERVAL_S and self.limiter.allow(
+                    now
+                ):
+                    self._last_invalid_ack = now
                     self.counters["tcp_challenge_acks"] += 1
                     send_ack(self)
                 else:
