@@ -154,7 +154,8 @@ fi
 #    C extension's sources change (the cffi module is built at install).
 want=$(cat pyproject.toml setup.py daemon/xdpstackd/datapath/_xsk.c \
     daemon/xdpstackd/datapath/_xsk_build.py daemon/xdpstackd/inetstack/csum.h \
-    daemon/xdpstackd/inetstack/_checksum_build.py 2>/dev/null | sha256sum | cut -d' ' -f1)
+    daemon/xdpstackd/inetstack/_checksum_build.py \
+    daemon/xdpstackd/inetstack/layer4/tcp/syncookie.h 2>/dev/null | sha256sum | cut -d' ' -f1)
 have=$(cat "$STAMP" 2>/dev/null || true)
 if [[ $want == "$have" ]]; then
     say "$VENV is up to date with the packaging and C sources (stamp matches); nothing to install"

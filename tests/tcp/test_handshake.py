@@ -297,7 +297,10 @@ def test_full_accept_queue_drops_syns_until_accept_makes_room() -> None:
 
 
 def test_syn_backlog_bounds_half_open_connections() -> None:
-    p = PeerPair(TcpConfig(rto_initial_s=1.0), TcpConfig(rto_initial_s=1.0, syn_backlog=2))
+    p = PeerPair(
+        TcpConfig(rto_initial_s=1.0),
+        TcpConfig(rto_initial_s=1.0, syn_backlog=2, syncookies=False),  # test_syn_cookies.py
+    )
     lqd = listen(p)
     drop_synacks = True
     p.filter = lambda who, h, d: not (drop_synacks and h.flags == SYN | ACK)

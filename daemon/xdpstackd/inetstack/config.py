@@ -27,6 +27,7 @@ class TcpConfig:
     initial_cwnd_segments: int = 10  # RFC 6928
     syn_backlog: int = 256  # half-open connections per listener
     max_accept_backlog: int = 4096  # clamp for listen(backlog), like somaxconn
+    syncookies: bool = True  # SYN cookies when the SYN backlog is full (tcp_syncookies = 1)
     nodelay: bool = False  # Nagle on by default
     keepalive: bool = False
     keepalive_idle_s: float = 7200.0

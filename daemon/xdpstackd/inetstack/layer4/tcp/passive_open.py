@@ -6,6 +6,11 @@ connections) and accept queue have room, and drops them otherwise, as Linux does
 that the client's SYN retransmission retries later. Each half-open connection is a
 ``HalfOpenConnection`` with its own SYN-ACK retransmission timer; the ACK that
 completes the handshake turns it into an ``EstablishedSocket`` on the accept queue.
+
+With ``TcpConfig.syncookies`` a SYN to a full SYN backlog is answered with a SYN cookie
+(``syncookie.py``) and no state; an ACK for no half-open connection whose SEG.ACK - 1 is a
+valid cookie opens the connection directly (MSS from the cookie, no window scale). So a
+SYN flood can fill the backlog but not keep legitimate clients out.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ from typing import TYPE_CHECKING
 
 from xdpstackd.inetstack.layer4.tcp.header import ACK, RST, SYN, TcpHeader, TcpOptions
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
+from xdpstackd.inetstack.layer4.tcp.syncookie import PERIOD_SHIFT
+
+# After a cookie, ACKs are checked for cookies for as long as that cookie can verify.
+_COOKIE_VALID_S = 2 * (1 << PERIOD_SHIFT) / 1e9
+_DEFAULT_MSS = 536  # RFC 9293 3.7.1: a SYN without the MSS option
 
 if TYPE_CHECKING:
     from xdpstackd.inetstack.layer4.tcp.established.established_socket import (
@@ -25,7 +35,16 @@ if TYPE_CHECKING:
 
 
 class PassiveSocket:
-    __slots__ = ("backlog", "half_open", "local", "peer", "pending_accepts", "ready", "socket")
+    __slots__ = (
+        "backlog",
+        "cookies_until",
+        "half_open",
+        "local",
+        "peer",
+        "pending_accepts",
+        "ready",
+        "socket",
+    )
 
     def __init__(self, peer: TcpPeer, socket: TcpSocket, backlog: int) -> None:
         self.peer = peer
@@ -35,6 +54,7 @@ class PassiveSocket:
         self.half_open: dict[tuple[int, int, int, int], HalfOpenConnection] = {}
         self.ready: deque[EstablishedSocket] = deque()  # the accept queue
         self.pending_accepts: deque[int] = deque()  # qts waiting for a connection
+        self.cookies_until = 0.0  # ACKs are checked for cookies until then
 
     def receive(
         self, hdr: TcpHeader, payload: memoryview, src_ip: int, dst_ip: int, now: float
@@ -45,6 +65,8 @@ class PassiveSocket:
             self.peer.counters["tcp_drop_listen_rst"] += 1
             return
         if flags & ACK:
+            if not flags & SYN and self._cookie_ack(hdr, payload, src_ip, dst_ip, now):
+                return
             self.peer.send_rst_for(
                 hdr, len(payload), (dst_ip, hdr.dst_port), (src_ip, hdr.src_port)
             )
@@ -55,16 +77,80 @@ class PassiveSocket:
         if len(self.ready) >= self.backlog:
             self.peer.counters["tcp_drop_listen_overflow"] += 1
             return
-        if len(self.half_open) >= self.peer.config.syn_backlog:
-            self.peer.counters["tcp_drop_syn_backlog_full"] += 1
-            return
         local = (dst_ip, hdr.dst_port)
         remote = (src_ip, hdr.src_port)
+        if len(self.half_open) >= self.peer.config.syn_backlog:
+            if self.peer.config.syncookies:
+                self._send_cookie(hdr, local, remote, now)
+            else:
+                self.peer.counters["tcp_drop_syn_backlog_full"] += 1
+            return
         iss = self.peer.isn.generate(dst_ip, hdr.dst_port, src_ip, hdr.src_port, now)
-        conn = HalfOpenConnection(self, local, remote, iss, hdr, now)
+        conn = HalfOpenConnection(
+            self, local, remote, iss, hdr.seq_num, hdr.options, hdr.window, now
+        )
         self.half_open[(dst_ip, hdr.dst_port, src_ip, hdr.src_port)] = conn
         self.peer.register_half_open(conn)
         conn.send_syn_ack()
+
+    def _send_cookie(
+        self, syn: TcpHeader, local: tuple[int, int], remote: tuple[int, int], now: float
+    ) -> None:
+        """A SYN-ACK whose ISN is a cookie, and no state (RFC 4987 3.6). MSS only: a
+        window scale cannot be encoded without timestamps, so none is offered."""
+        peer = self.peer
+        opts = syn.options
+        mss = opts.mss if opts is not None and opts.mss else _DEFAULT_MSS
+        cookie = peer.isn.cookies.make(
+            remote[0], local[0], remote[1], local[1], syn.seq_num.value, mss, now
+        )
+        self.cookies_until = now + _COOKIE_VALID_S
+        peer.counters["tcp_syncookies_sent"] += 1
+        peer.send_syn(
+            local,
+            remote,
+            SeqNumber(cookie),
+            syn.seq_num + 1,
+            self.socket.options,
+            peer_offered_wscale=False,
+        )
+
+    def _cookie_ack(
+        self, hdr: TcpHeader, payload: memoryview, src_ip: int, dst_ip: int, now: float
+    ) -> bool:
+        """An ACK for no half-open connection: if it returns a valid cookie, open the
+        connection (True); False when the caller should reset it."""
+        peer = self.peer
+        if not peer.config.syncookies:
+            return False
+        cookies = peer.isn.cookies
+        if now >= self.cookies_until and not cookies.external:
+            return False  # no cookie of ours can be out there: do not guess at MACs
+        iss = hdr.ack_num - 1
+        irs = hdr.seq_num - 1
+        mss = cookies.check(src_ip, dst_ip, hdr.src_port, hdr.dst_port, irs.value, iss.value, now)
+        if mss is None:
+            peer.counters["tcp_syncookies_failed"] += 1
+            return False
+        if len(self.ready) >= self.backlog:
+            # as for a half-open one: ignore the ACK; the client's retransmission retries
+            peer.counters["tcp_drop_accept_queue_full"] += 1
+            return True
+        peer.counters["tcp_syncookies_recv"] += 1
+        conn = HalfOpenConnection(
+            self,
+            (dst_ip, hdr.dst_port),
+            (src_ip, hdr.src_port),
+            iss,
+            irs,
+            TcpOptions(mss=mss),
+            hdr.window,
+            now,
+        )
+        conn.synack_sent_at = None  # no RTT sample: we do not know when the SYN-ACK left
+        peer.register_half_open(conn)
+        peer.passive_open_established(conn, hdr, payload, now)
+        return True
 
     def on_established(self, est: EstablishedSocket) -> None:
         if self.pending_accepts:
@@ -101,16 +187,18 @@ class HalfOpenConnection:
         local: tuple[int, int],
         remote: tuple[int, int],
         iss: SeqNumber,
-        syn: TcpHeader,
+        irs: SeqNumber,
+        peer_options: TcpOptions | None,
+        peer_window_raw: int,
         now: float,
     ) -> None:
         self.listener = listener
         self.local = local
         self.remote = remote
         self.iss = iss
-        self.irs = syn.seq_num
-        self.peer_options: TcpOptions | None = syn.options
-        self.peer_window_raw = syn.window
+        self.irs = irs
+        self.peer_options = peer_options
+        self.peer_window_raw = peer_window_raw
         self.retries = 0
         self.rto_s = listener.peer.config.rto_initial_s
         self.deadline = now + self.rto_s
