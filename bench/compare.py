@@ -73,9 +73,17 @@ PREFIX_TAG = "bench"  # namespaces xdps-bench-<pid>-<n>-{host,peer}
 #: generic mode would allow 3826 but runs the slow skb path, so native it is).
 NATIVE_VETH_MAX_MTU = 3506
 READY_TIMEOUT_S = 90.0
-#: Idle connections one client process opens at most: a process holds at most
-#: RLIMIT_NOFILE sockets, and without CAP_SYS_RESOURCE the hard limit cannot be raised.
-HOLD_CONNS_PER_CLIENT = 8000
+#: Idle connections one process (a hold server or a hold client) keeps at most: a process
+#: holds at most RLIMIT_NOFILE descriptors (the hard limit here is 20,000 and, without
+#: CAP_SYS_RESOURCE, cannot be raised), so the idle ramp runs several server processes,
+#: each listening on its own port with one client process of its own, on both stacks.
+#: Several server ports also widen the 4-tuple space: one client address has ~55,000
+#: ephemeral ports per destination port, and connect() reuses them across destinations.
+HOLD_CONNS_PER_PROCESS = 16_000
+#: After the paced release, how long the stack may take to drop the reset connections,
+#: and how long an unchanged count means the rest will stay (their RSTs were lost).
+RELEASE_SETTLE_S = 60.0
+RELEASE_STUCK_S = 5.0
 KERNEL = "kernel"
 KERNEL_NO_OFFLOAD = "kernel-no-offload"
 XDPSTACK = "xdpstack"
@@ -226,9 +234,9 @@ def slab_kb() -> int:
     return 0
 
 
-def memory(server_pid: int, daemon_pid: int | None) -> dict[str, int]:
+def memory(server_pids: list[int], daemon_pid: int | None) -> dict[str, int]:
     return {
-        "server_rss_kb": rss_kb(server_pid),
+        "server_rss_kb": sum(rss_kb(pid) for pid in server_pids),
         "daemon_rss_kb": rss_kb(daemon_pid) if daemon_pid else 0,
         "slab_kb": slab_kb(),
     }
@@ -245,12 +253,26 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def established_count(ns: str, port: int) -> int:
-    """Established connections on local port ``port`` in namespace ``ns`` (``ss``)."""
-    out = run(
-        ["ip", "netns", "exec", ns, "ss", "-Htn", "state", "established", f"( sport = :{port} )"]
-    )
+def established_count(ns: str, ports: list[int]) -> int:
+    """Established connections on the local ``ports`` in namespace ``ns`` (``ss``)."""
+    flt = "( " + " or ".join(f"sport = :{port}" for port in ports) + " )"
+    out = run(["ip", "netns", "exec", ns, "ss", "-Htn", "state", "established", flt])
     return len([line for line in out.splitlines() if line.strip()])
+
+
+def ramp_reason(holdings: list[dict[str, Any]], established: int, bound: int) -> str:
+    """Why the idle ramp stopped, over all client processes (each says why it did)."""
+    if established >= bound:
+        return f"reached the bound of {bound} connections"
+    reasons: dict[str, int] = {}
+    for h in holdings:
+        text = str(h["reason"])
+        if text.startswith("reached the bound"):
+            text = "reached its share of the bound"
+        reasons[text] = reasons.get(text, 0) + 1
+    return "; ".join(
+        f"{text} ({n} of {len(holdings)} clients)" for text, n in sorted(reasons.items())
+    )
 
 
 def run(argv: list[str], check: bool = True) -> str:
@@ -482,6 +504,7 @@ class Options:
     hold_seconds: float
     hold_reps: int
     window: int
+    conns_per_process: int = HOLD_CONNS_PER_PROCESS
     profile_dir: Path | None = None
 
 
@@ -745,17 +768,22 @@ class Bench:
 
     def hold(self, stack: str, mtu: int, rep: int) -> str:
         lab, opts = self.lab, self.opts
-        port = lab.next_port()
-        server = lab.server(stack, "hold", port, conns=opts.conns)
-        # Several client processes: one process may hold at most RLIMIT_NOFILE sockets.
-        shares = split(opts.conns, -(-opts.conns // HOLD_CONNS_PER_CLIENT))
+        # Several server processes, each on its own port with one client process of its
+        # own: a process holds at most RLIMIT_NOFILE descriptors (see
+        # HOLD_CONNS_PER_PROCESS). The same layout for both stacks.
+        shares = split(opts.conns, -(-opts.conns // opts.conns_per_process))
         window = max(1, opts.window // len(shares))
+        ports = [lab.next_port() for _ in shares]
+        servers: list[Worker] = []
         clients: list[Worker] = []
         daemon_pid = lab.daemon.pid if stack == XDPSTACK and lab.daemon else None
         counters_before = self.daemon_counters() if daemon_pid else {}
         try:
-            before = memory(server.pid, daemon_pid)
-            for share in shares:
+            for port, share in zip(ports, shares):
+                servers.append(lab.server(stack, "hold", port, conns=share))
+            before = memory([s.pid for s in servers], daemon_pid)
+            started = time.monotonic()
+            for port, share in zip(ports, shares):
                 clients.append(
                     lab.client(
                         "hold",
@@ -767,41 +795,39 @@ class Bench:
                     )
                 )
             holdings = [c.expect("holding", opts.hold_seconds + 60) for c in clients]
+            ramp_wall = time.monotonic() - started
             established = sum(int(h["established"]) for h in holdings)
-            accepted, accept_error = self.wait_accepted(server, established)
+            accepted, accept_errors = self.wait_accepted(
+                servers, [int(h["established"]) for h in holdings]
+            )
             time.sleep(0.3)  # settle (the last ACKs, the allocator)
-            after = memory(server.pid, daemon_pid)
-            if daemon_pid:
-                held = int(lab.daemon_stats().get("connections", 0))
-            else:
-                held = established_count(lab.stack_ns, port)
+            after = memory([s.pid for s in servers], daemon_pid)
+            held = self.held(stack, ports)
             counters = diff(self.daemon_counters(), counters_before) if daemon_pid else {}
-            for client in clients:
-                client.send("release")
-            for client in clients:
-                client.expect("released", 60)
+            release = self.release(stack, ports, clients, held)
         finally:
-            lab.finish(*clients, server)
+            lab.finish(*clients, *servers)
         if stack == XDPSTACK:
-            self.wait_daemon_idle()
+            release["idle_after_stop_seconds"], release["left_after_stop"] = self.wait_daemon_idle()
         errors: dict[str, int] = {}
         for h in holdings:
             for name, count in h["errors"].items():
                 errors[name] = errors.get(name, 0) + count
-        reason = "; ".join(sorted({h["reason"] for h in holdings}))
-        if established >= opts.conns:
-            reason = f"reached the bound of {opts.conns} connections"
-        if accept_error:
-            reason += f"; the server app's accept failed with {accept_error} after {accepted}"
+        reason = ramp_reason(holdings, established, opts.conns)
+        for error, count in accept_errors.items():
+            reason += f"; {count} server app(s) stopped accepting ({error})"
         per = max(held, 1)
         values = {
             "held": held,  # by the stack: the daemon's connections, or the kernel's (ss)
             "established": established,  # as the client ends see them
-            "accepted": accepted,  # by the server app
+            "accepted": accepted,  # by the server apps
             "reason": reason,
             "errors": errors,
-            "ramp_seconds": max(h["seconds"] for h in holdings),
+            "ramp_seconds": max(h["seconds"] for h in holdings),  # as the clients see it
+            "ramp_wall_seconds": ramp_wall,  # from starting the clients to the last one done
             "client_processes": len(shares),
+            "server_processes": len(shares),
+            "ports": ports,
             "daemon_counters": counters,  # what moved in the daemon during the ramp
             "server_rss_per_conn_b": (after["server_rss_kb"] - before["server_rss_kb"])
             * 1024
@@ -812,6 +838,7 @@ class Bench:
             "slab_per_conn_b": (after["slab_kb"] - before["slab_kb"]) * 1024 / per,
             "before": before,
             "after": after,
+            **release,
         }
         self.add("hold", stack, mtu, rep, **values)
         mem = (
@@ -819,26 +846,85 @@ class Bench:
             if stack == XDPSTACK
             else f"slab (both ends) {values['slab_per_conn_b']:,.0f} B/conn"
         )
-        return (
-            f"{held:,} held, ramp {values['ramp_seconds']:.1f} s ({reason}); {mem}, "
-            f"server app {values['server_rss_per_conn_b']:,.0f} B/conn"
+        text = (
+            f"{held:,} held on {len(ports)} ports, ramp {values['ramp_wall_seconds']:.1f} s "
+            f"({reason}); {mem}, server apps {values['server_rss_per_conn_b']:,.0f} B/conn; "
+            f"released in {release['release_seconds']:.1f} s, "
+            f"{release['left_after_release']:,} left after it"
         )
+        if "left_after_stop" in release:
+            text += (
+                f", {release['left_after_stop']:,} after the apps stopped "
+                f"({release['idle_after_stop_seconds']:.1f} s)"
+            )
+        return text
+
+    def held(self, stack: str, ports: list[int]) -> int:
+        """Connections the stack holds: the daemon's (it runs nothing else then), or the
+        kernel's established sockets on ``ports``."""
+        if stack == XDPSTACK:
+            return int(self.lab.daemon_stats().get("connections", 0))
+        return established_count(self.lab.stack_ns, ports)
+
+    def release(
+        self, stack: str, ports: list[int], clients: list[Worker], held: int
+    ) -> dict[str, Any]:
+        """Reset the held connections, then wait for the stack to drop them.
+
+        The clients close with SO_LINGER 0 (an RST each), one client after the other, so
+        the pace is one client's (``--release-batch`` per ``--release-pause``: 5,000/s): a
+        burst of RSTs overruns the receiver (xdpstackd's AF_XDP fill ring), and a
+        connection whose RST is lost stays. What stays is recorded, not hidden."""
+        counters_before = self.daemon_counters() if stack == XDPSTACK else {}
+        started = time.monotonic()
+        for client in clients:
+            client.send("release")
+            client.expect("released", 120)
+        sent = time.monotonic() - started
+        left, waited = held, 0.0
+        settle_start = time.monotonic()
+        last, last_change = -1, settle_start
+        while True:
+            left = self.held(stack, ports)
+            now = time.monotonic()
+            waited = now - settle_start
+            if left != last:
+                last, last_change = left, now
+            if left == 0 or now - last_change >= RELEASE_STUCK_S or waited >= RELEASE_SETTLE_S:
+                break
+            time.sleep(0.25)
+        out: dict[str, Any] = {
+            "release_seconds": sent,
+            "release_rsts_per_s": held / sent if sent else 0.0,
+            "left_after_release": left,
+            "release_settle_seconds": waited,
+        }
+        if stack == XDPSTACK:
+            out["release_counters"] = diff(self.daemon_counters(), counters_before)
+        return out
 
     @staticmethod
-    def wait_accepted(server: Worker, established: int) -> tuple[int, str | None]:
-        """(accepted, accept error) once the server app has accepted ``established``
-        connections, failed to accept, or made no progress for 3 s."""
-        accepted, last_change, last = 0, time.monotonic(), -1
-        while accepted < established and time.monotonic() - last_change < 3:
-            for event in server.drain():
-                if event.get("event") == "progress":
-                    accepted = int(event["accepted"])
-                elif event.get("event") == "accept_error":
-                    return int(event["accepted"]), str(event["error"])
-            if accepted != last:
-                last, last_change = accepted, time.monotonic()
+    def wait_accepted(servers: list[Worker], targets: list[int]) -> tuple[int, dict[str, int]]:
+        """(accepted by all, {accept error: servers}) once every server app has accepted
+        what its client established, failed to accept, or none progressed for 3 s."""
+        accepted = [0] * len(servers)
+        done = [False] * len(servers)
+        errors: dict[str, int] = {}
+        last, last_change = -1, time.monotonic()
+        while not all(done) and time.monotonic() - last_change < 3:
+            for i, server in enumerate(servers):
+                for event in server.drain():
+                    if event.get("event") == "progress":
+                        accepted[i] = int(event["accepted"])
+                    elif event.get("event") == "accept_error":
+                        accepted[i] = int(event["accepted"])
+                        errors[str(event["error"])] = errors.get(str(event["error"]), 0) + 1
+                        done[i] = True
+                done[i] = done[i] or accepted[i] >= targets[i]
+            if sum(accepted) != last:
+                last, last_change = sum(accepted), time.monotonic()
             time.sleep(0.05)
-        return accepted, None
+        return sum(accepted), errors
 
     def daemon_states(self, port: int | None = None) -> dict[str, int]:
         """The daemon's connections (on local ``port``, or all) by state."""
@@ -864,18 +950,25 @@ class Bench:
                 out[f"xdp.{key}"] = value
         return out
 
-    def wait_daemon_idle(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
+    def wait_daemon_idle(self, timeout: float = 60.0) -> tuple[float, int]:
+        """(seconds, connections left) until the daemon holds no connection, after the
+        apps of a measurement are gone (their close sends FINs or RSTs); a warning with
+        the states of what is left after ``timeout``."""
+        started = time.monotonic()
+        deadline = started + timeout
+        left = 0
         while time.monotonic() < deadline:
-            if self.lab.daemon_stats().get("connections", 0) == 0:
-                return
+            left = int(self.lab.daemon_stats().get("connections", 0))
+            if left == 0:
+                return time.monotonic() - started, 0
             time.sleep(0.2)
         try:
             states = self.daemon_states()
         except OSError as exc:  # a daemon gone or refusing: report, don't fail the bench
-            states = {"unknown": self.lab.daemon_stats().get("connections", 0)}
+            states = {"unknown": left}
             log(f"  (CONNECTIONS failed: {exc})")
         log(f"  warning: the daemon still has connections after the idle ramp: {states}")
+        return time.monotonic() - started, left
 
     # -- the run ----------------------------------------------------------------------
     def plan_steps(self) -> int:
@@ -969,6 +1062,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--hold-reps", type=int, default=None, help="repetitions of the idle ramp (--reps)"
     )
     parser.add_argument("--window", type=int, default=128, help="connects in flight (128)")
+    parser.add_argument(
+        "--conns-per-process",
+        type=int,
+        default=HOLD_CONNS_PER_PROCESS,
+        help="idle connections per server process and port, and per client process "
+        f"(default {HOLD_CONNS_PER_PROCESS:,}: RLIMIT_NOFILE is per process)",
+    )
     parser.add_argument("--output", type=Path, help="JSON path (default bench/results/...)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument(
@@ -991,6 +1091,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rr_seconds = 0.3
         args.cps_seconds = 0.3
         args.conns = 200
+        args.conns_per_process = 100  # two ports, two servers and two clients
         args.hold_seconds = 15.0
     if args.hold_reps is None:
         args.hold_reps = args.reps
@@ -1003,6 +1104,8 @@ def options_from(args: argparse.Namespace) -> Options:
     if unknown:
         raise SystemExit(f"compare.py: unknown metrics {unknown} (known: {ALL_METRICS})")
     mtus = [int(m) for m in args.mtus.split(",") if m.strip()]
+    if args.conns < 1 or args.conns_per_process < 1:
+        raise SystemExit("compare.py: --conns and --conns-per-process must be at least 1")
     for mtu in mtus:
         if not 576 <= mtu <= NATIVE_VETH_MAX_MTU:
             raise SystemExit(
@@ -1022,6 +1125,7 @@ def options_from(args: argparse.Namespace) -> Options:
         hold_seconds=args.hold_seconds,
         hold_reps=min(max(1, args.hold_reps), max(1, args.reps)),
         window=args.window,
+        conns_per_process=args.conns_per_process,
         profile_dir=args.profile_dir,
     )
 
@@ -1032,6 +1136,22 @@ def preflight() -> None:
     for tool in ("ip", "ethtool", "ss"):
         if shutil.which(tool) is None:
             raise SystemExit(f"compare.py: `{tool}` is not installed")
+
+
+def git_state() -> dict[str, Any]:
+    """The commit that ran and the files changed in the working tree on top of it (the
+    daemon and the client library run from this checkout)."""
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "subject": git("log", "-1", "--format=%s"),
+        "modified": [line[3:] for line in status.splitlines() if line.strip()],
+    }
 
 
 def machine_facts() -> dict[str, Any]:
@@ -1064,6 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, on_signal)
 
     facts = machine_facts()
+    git_start = git_state()  # others may commit while it runs: both ends are recorded
     workdir = Path(tempfile.mkdtemp(prefix="xdpstack-compare-"))
     lab = Lab(workdir, python)
     if args.cprofile_dir is not None:
@@ -1109,6 +1230,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": {**facts, "loadavg_end": os.getloadavg()},
+        "git": {"start": git_start, "end": git_state()},
         "link": {
             "layout": "server at the stack end (kernel TCP or xdpstackd), client at the "
             "client end on the kernel's TCP; same client and server code for both",
