@@ -26,6 +26,16 @@ A push larger than one frame is sent as several daemon pushes, in order, behind 
 that completes when the last part does (the first error wins). A pop asks for at most one
 frame's worth of data (1 MiB); it completes with fewer bytes when fewer are there.
 
+No waiting for the daemon: ``accept``, ``connect``, ``push`` and ``pop`` send their request
+and return (the Lib chooses the token; the protocol's no-reply form), so an error the stack
+reports at once (EBADF, ENOTCONN, EISCONN...) is raised by the ``wait`` for the token. The
+per-client limits are the exception: where one could refuse the call (this client's
+descriptors with accepts not yet completed at ``client_max_sockets``, bytes in pushes not
+yet completed past ``client_max_push_bytes``, pending tokens at the daemon's maximum), the
+call asks the daemon and waits for its answer, so ``EMFILE`` / ``ENOBUFS`` is raised by
+the call itself and nothing is queued. ``pop(..., defer=True)`` keeps the request until
+this Lib next sends or waits (a standing pop re-armed for free with the next request).
+
 Threads: a :class:`Lib` is **not thread-safe**. Use one per thread (each has its own
 connection to the daemon), or guard one with a lock.
 """
@@ -47,6 +57,8 @@ from xdpstack.protocol import OpCode, ProtocolError
 __all__ = ["Lib", "OpCode", "QResult", "connect"]
 
 HELLO_TIMEOUT_S = 10.0
+#: The first of the queue tokens a Lib chooses (the daemon's own are far below).
+OUR_TOKENS = 1 << 63
 RECV_CHUNK = 1 << 20
 #: Most socket reads one ``poll()`` makes (an event loop calls it again while readable).
 POLL_READS = 16
@@ -87,14 +99,17 @@ class QResult(NamedTuple):
 
 class _Token:
     __slots__ = (
-        "addr", "data", "done", "errno", "message", "new_qd", "opcode", "parts", "qd", "qt",
+        "addr", "data", "discarded", "done", "errno", "issuing", "message", "new_qd", "opcode",
+        "parts", "qd", "qt",
     )  # fmt: skip
 
     def __init__(self, opcode: OpCode, qd: int, qt: int = 0) -> None:
         self.opcode = opcode
         self.qd = qd
         self.qt = qt
-        self.parts = 0  # daemon tokens not yet completed
+        self.parts = 0  # tokens on the wire not yet completed
+        self.issuing = True  # parts still being sent: parts == 0 does not mean done yet
+        self.discarded = False
         self.done = False
         self.errno = 0
         self.message = ""
@@ -140,24 +155,41 @@ def _error(err: int, message: str, path: str | None = None) -> OSError:
 class Lib:
     """One connection to ``xdpstackd``. Not thread-safe. See the module docstring."""
 
-    def __init__(self, sock: socket.socket, path: str, client_id: int, max_payload: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        path: str,
+        client_id: int,
+        max_payload: int,
+        limits: tuple[int, int, int] = (0, 0, 0),
+    ) -> None:
         self._sock = sock
         self.path = path
         self.client_id = client_id
         self.max_payload = max_payload
-        self.max_push = max_payload - 4
+        self.max_push = max_payload - 12  # a PUSH payload: the token, qd, then data
         self._rbuf = bytearray()
         self._rids = itertools.count(1)
         self._reply: tuple[int, int, bytes | bytearray] | None = None  # type, request id, payload
         self._parts: tuple[int, bytearray] | None = None  # a reply in several frames, so far
-        self._qts = itertools.count(1)
+        # Our tokens (the user's and the no-reply requests' ones) are from 2**63 up, apart
+        # from the daemon's (small numbers, in replies).
+        self._qts = itertools.count(OUR_TOKENS)
         self._tokens: dict[int, _Token] = {}
         self._ready: dict[int, None] = {}  # completed, not yet taken (in completion order)
-        self._daemon_qts: dict[int, int] = {}  # daemon qt -> our qt
+        self._wire: dict[int, _Token] = {}  # token on the wire (ours or the daemon's) -> token
         self._early: dict[int, P.WireCompletion] = {}  # completions before their reply
+        self._push_sizes: dict[int, int] = {}  # wire token of a push -> its bytes
+        self._push_held = 0  # bytes in pushes not yet completed (the daemon holds them)
+        self._accepts = 0  # accepts not yet completed (each brings a descriptor)
+        self._out: list[bytes] = []  # deferred requests: sent with the next send or wait
+        self._orphans: list[int] = []  # descriptors of discarded accepts: to close
         self._qds: set[int] = set()
         self._closed = False
         self._broken: OSError | None = None
+        # The daemon's per-client limits (0: none known): where one could refuse a call,
+        # it goes in the replied form (see the module docstring).
+        self.max_descriptors, self.max_pending, self.max_push_bytes = limits
 
     @classmethod
     def _handshake(cls, sock: socket.socket, path: str) -> Lib:
@@ -200,7 +232,7 @@ class Lib:
         if version != P.PROTOCOL_VERSION:
             raise OSError(errno.EPROTONOSUPPORT, f"daemon speaks protocol {version}", path)
         sock.setblocking(False)
-        lib = cls(sock, path, client_id, max_payload)
+        lib = cls(sock, path, client_id, max_payload, P.decode_server_limits(payload))
         lib._rbuf = bytearray(buf[end:])
         del frame
         if lib._rbuf:
@@ -223,51 +255,79 @@ class Lib:
         backlog = max(0, min(int(backlog), P.U32_MAX))
         self._call(lambda rid: P.request_listen(rid, qd, backlog))
 
-    def accept(self, qd: int) -> int:
-        return self._async(
-            OpCode.ACCEPT, qd, self._call(lambda rid: P.request_qd(P.Op.ACCEPT, rid, qd))
+    def accept(self, qd: int, *, defer: bool = False) -> int:
+        """A connection from ``qd``'s accept queue (the token's ``new_qd`` and ``addr``).
+        ``defer`` as for :meth:`pop`."""
+        _check_qd(qd)
+        limit = self.max_descriptors
+        # at the descriptor limit EMFILE is likely: ask, so that it is raised here
+        ask = bool(limit) and len(self._qds) + self._accepts >= limit
+        return self._no_reply(
+            OpCode.ACCEPT, qd, lambda rid, qt: P.request_accept(rid, qd, qt), ask=ask, defer=defer
         )
 
     def connect(self, qd: int, addr: Address) -> int:
-        return self._async(
-            OpCode.CONNECT, qd, self._call(lambda rid: P.request_addr(P.Op.CONNECT, rid, qd, addr))
+        _check_qd(qd)
+        P.encode_addr(addr)  # TypeError/ValueError here, as before
+        return self._no_reply(
+            OpCode.CONNECT, qd, lambda rid, qt: P.request_connect(rid, qd, addr, qt)
         )
 
     def push(self, qd: int, data: bytes | bytearray | memoryview) -> int:
         """Queue ``data`` for sending; the token completes when all of it is in the send
-        buffer. Pushes on one descriptor keep their order."""
+        buffer. Pushes on one descriptor keep their order. Returns once the bytes are
+        written to the daemon connection (``data`` is free again)."""
+        _check_qd(qd)
         view = memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
         step = self.max_push
+        token = self._new_token(OpCode.PUSH, qd)
         if len(view) <= step:
-            return self._async(OpCode.PUSH, qd, self._push_part(qd, view))
-        first = self._push_part(qd, view[:step])  # an immediate error raises here
-        qt = self._async(OpCode.PUSH, qd, first)
-        token = self._tokens[qt]
-        for start in range(step, len(view), step):
+            self._push_part(token, qd, view, first=True)
+            return self._issued(token)
+        for start in range(0, len(view), step):
             try:
-                dqt = self._push_part(qd, view[start : start + step])
+                self._push_part(token, qd, view[start : start + step], first=start == 0)
             except OSError as exc:
+                if start == 0:
+                    raise
                 # Parts already queued still complete; this error is the token's (unless
                 # one of them failed first).
                 if not token.errno:
                     token.errno = exc.errno or errno.EIO
                     token.message = exc.strerror or str(exc)
                 break
-            self._attach(qt, token, dqt)
-        self._maybe_done(token)
-        return qt
+        return self._issued(token)
 
-    def pop(self, qd: int, size: int | None = None) -> int:
-        """Ask for up to ``size`` bytes (None: whatever is there, at most one frame)."""
+    def pop(self, qd: int, size: int | None = None, *, defer: bool = False) -> int:
+        """Ask for up to ``size`` bytes (None: whatever is there, at most one frame).
+        ``defer``: the request goes out with this Lib's next send or wait (or
+        :meth:`flush`), not now."""
+        _check_qd(qd)
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int):
                 raise TypeError(f"size must be an int or None, got {size!r}")
             if size <= 0:
                 raise OSError(errno.EINVAL, "pop size must be positive")
             size = min(size, P.U32_MAX)
-        return self._async(OpCode.POP, qd, self._call(lambda rid: P.request_pop(rid, qd, size)))
+        return self._no_reply(
+            OpCode.POP, qd, lambda rid, qt: P.request_pop(rid, qd, size, qt), defer=defer
+        )
+
+    def flush(self) -> None:
+        """Send the deferred requests now (waits and other calls do it themselves)."""
+        if self._out:
+            self._check_usable()
+            self._send([])
+
+    def done(self, qt: int) -> bool:
+        """Whether ``qt`` has completed (its result waits for ``wait``). Unknown token:
+        ``ValueError``."""
+        token = self._tokens.get(qt)
+        if token is None:
+            raise ValueError(f"unknown queue token {qt!r} (never issued, or already waited)")
+        return token.done
 
     def close(self, qd: int) -> None:
         """Graceful close (FIN after queued data; RST if unread data is left, as Linux)."""
@@ -318,6 +378,8 @@ class Lib:
         token = self._tokens.get(qt)
         if token is None:
             raise ValueError(f"unknown queue token {qt!r} (never issued, or already waited)")
+        if self._out:
+            self.flush()
         if not token.done:
             deadline = None if timeout is None else _now() + max(0.0, timeout)
             while not token.done:
@@ -336,6 +398,8 @@ class Lib:
             if token is None:
                 raise ValueError(f"unknown queue token {qt!r} (never issued, or already waited)")
             tokens.append(token)
+        if self._out:
+            self.flush()
         deadline = None if timeout is None else _now() + max(0.0, timeout)
         while True:
             for i, token in enumerate(tokens):
@@ -349,6 +413,8 @@ class Lib:
         each one's result with ``wait(qt, 0)``). For event loops: ``fileno()`` becomes
         readable when there may be something to process."""
         self._check_usable()
+        if self._out:
+            self._send([])
         for _ in range(POLL_READS):
             if not self._read_once(block=False):
                 break
@@ -357,8 +423,12 @@ class Lib:
     def discard(self, qt: int) -> None:
         """Forget ``qt``: its result is not wanted (its descriptor was closed, say). Its
         completion, when it comes, is dropped. An unknown token is ignored."""
-        if self._tokens.pop(qt, None) is not None:
+        token = self._tokens.pop(qt, None)
+        if token is not None:
+            token.discarded = True
             self._ready.pop(qt, None)
+            if token.done and token.new_qd is not None and not token.errno:
+                self._orphans.append(token.new_qd)  # closed with the next call
 
     def pending(self) -> list[int]:
         """Tokens issued and not yet consumed by a wait."""
@@ -421,15 +491,83 @@ class Lib:
         """Send the request ``build(request_id)``; return its reply's value or raise
         its error."""
         self._check_usable()
+        if self._orphans:
+            self._close_orphans()
         rid = next(self._rids) & P.U32_MAX
         self._send([build(rid)])
         return self._await_reply(rid)
 
-    def _push_part(self, qd: int, part: memoryview) -> int:
+    def _close_orphans(self) -> None:
+        """Close the descriptors that discarded accepts brought (nobody will)."""
+        orphans, self._orphans = self._orphans, []
+        for qd in orphans:
+            if qd in self._qds:
+                try:
+                    self.close(qd)
+                except OSError:
+                    pass
+
+    def _new_token(self, opcode: OpCode, qd: int) -> _Token:
         self._check_usable()
-        rid = next(self._rids) & P.U32_MAX
-        self._send([P.request_push_head(rid, qd, len(part)), part])
-        return self._await_reply(rid)
+        qt = next(self._qts)
+        return _Token(opcode, qd, qt)
+
+    def _issued(self, token: _Token) -> int:
+        """Every part of ``token`` has been sent: hand it out."""
+        self._tokens[token.qt] = token
+        token.issuing = False
+        if token.parts == 0:
+            token.done = True
+            self._ready[token.qt] = None
+        return token.qt
+
+    def _no_reply(
+        self,
+        opcode: OpCode,
+        qd: int,
+        build: Callable[[int, int | None], bytes],
+        *,
+        defer: bool = False,
+        ask: bool = False,
+    ) -> int:
+        """An accept, connect or pop in the no-reply form; in the replied one when
+        ``ask`` or when the daemon's pending-token limit could refuse it (its error is
+        raised here then)."""
+        token = self._new_token(opcode, qd)
+        if ask or (self.max_pending and len(self._wire) >= self.max_pending):
+            dqt = self._call(lambda rid: build(rid, None))
+        else:
+            dqt = token.qt
+            frame = build(0, dqt)
+            if defer:
+                self._out.append(frame)
+            else:
+                self._send([frame])
+        if opcode is OpCode.ACCEPT:
+            self._accepts += 1
+        self._attach(token, dqt)
+        return self._issued(token)
+
+    def _push_part(self, token: _Token, qd: int, part: memoryview, first: bool) -> None:
+        size = len(part)
+        limit = self.max_push_bytes
+        held = self._push_held
+        if (limit and held and held + size > limit) or (
+            self.max_pending and len(self._wire) >= self.max_pending
+        ):
+            # The daemon may refuse it (ENOBUFS): ask, so that the refusal is raised here.
+            self._check_usable()
+            rid = next(self._rids) & P.U32_MAX
+            self._send([P.request_push_head(rid, qd, size), part])
+            dqt = self._await_reply(rid)
+        else:
+            dqt = next(self._qts) if not first else token.qt
+            self._check_usable()
+            self._send([P.request_push_head(0, qd, size, dqt), part])
+        if size:
+            self._push_sizes[dqt] = size
+            self._push_held += size
+        self._attach(token, dqt)
 
     def _await_reply(self, rid: int) -> Any:
         while self._reply is None:
@@ -446,36 +584,32 @@ class Lib:
         except ProtocolError as exc:
             raise self._fail(f"bad reply: {exc}") from None
 
-    def _async(self, opcode: OpCode, qd: int, daemon_qt: int) -> int:
-        qt = next(self._qts)
-        token = _Token(opcode, qd, qt)
-        self._tokens[qt] = token
-        self._attach(qt, token, daemon_qt)
-        self._maybe_done(token)
-        return qt
-
-    def _attach(self, qt: int, token: _Token, daemon_qt: int) -> None:
+    def _attach(self, token: _Token, wire_qt: int) -> None:
         token.parts += 1
-        self._daemon_qts[daemon_qt] = qt
-        early = self._early.pop(daemon_qt, None)
-        if early is not None:
-            self._complete(early)
-
-    def _maybe_done(self, token: _Token) -> None:
-        # Called once every part has been issued: only then can parts == 0 mean done.
-        if token.parts == 0:
-            token.done = True
-            self._ready[token.qt] = None
+        self._wire[wire_qt] = token
+        if self._early:
+            early = self._early.pop(wire_qt, None)
+            if early is not None:
+                self._complete(early)
 
     def _complete(self, wc: P.WireCompletion) -> None:
-        qt = self._daemon_qts.pop(wc.qt, None)
-        if qt is None:
-            self._early[wc.qt] = wc
-            return
-        token = self._tokens.get(qt)
+        token = self._wire.pop(wc.qt, None)
         if token is None:
+            if wc.qt < OUR_TOKENS:  # the daemon's token, its reply not yet read
+                self._early[wc.qt] = wc
             return
+        if self._push_sizes:
+            size = self._push_sizes.pop(wc.qt, 0)
+            self._push_held -= size
+        if token.opcode is OpCode.ACCEPT:
+            self._accepts -= 1
         token.parts -= 1
+        if token.discarded:
+            # nobody will take it: a descriptor it brought is ours to close
+            if wc.new_qd is not None and not wc.errno:
+                self._qds.add(wc.new_qd)
+                self._orphans.append(wc.new_qd)
+            return
         if wc.errno and not token.errno:
             token.errno = wc.errno
         if wc.new_qd is not None:
@@ -485,7 +619,7 @@ class Lib:
             token.addr = wc.addr
         if wc.data:
             token.data = wc.data
-        if token.parts == 0:
+        if token.parts == 0 and not token.issuing:
             token.done = True
             self._ready[token.qt] = None
 
@@ -514,7 +648,12 @@ class Lib:
 
     # -- socket I/O ---------------------------------------------------------------------
     def _send(self, buffers: list[Any]) -> None:
+        """Write the deferred requests, then ``buffers``, all of them (one ``sendmsg``
+        when the socket takes it)."""
         sock = self._sock
+        if self._out:
+            buffers = self._out + buffers
+            self._out = []
         views = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
         while views:
             try:
@@ -545,6 +684,8 @@ class Lib:
         """Wait for data from the daemon until ``deadline`` (monotonic; None: forever);
         process what arrives. Raises TimeoutError at the deadline."""
         self._check_usable()
+        if self._out:
+            self._send([])
         if deadline is None:
             timeout_ms = -1
         else:
@@ -619,6 +760,14 @@ class Lib:
         if flags & P.F_END:
             self._parts = None
             self._reply = (P.FrameType.REPLY, rid, parts[1])
+
+
+def _check_qd(qd: Any) -> None:
+    """A descriptor is a u32 (checked before a token is made for it)."""
+    if isinstance(qd, bool) or not isinstance(qd, int):
+        raise TypeError(f"qd must be an int, got {qd!r}")
+    if not 0 <= qd <= P.U32_MAX:
+        raise ValueError(f"qd {qd} is outside 0-{P.U32_MAX}")
 
 
 def _option_name(name: str | int) -> str:

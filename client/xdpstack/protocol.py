@@ -6,16 +6,19 @@ I/O. All integers are little-endian.
 Hello (once, right after connecting)
     client -> daemon: ``HELLO`` = magic ``b"XDPS"``, u16 version, u16 flags (0): 8 bytes.
     daemon -> client: a ``HELLO`` frame whose payload is ``SERVER_HELLO`` (u16 version,
-    u16 flags, u32 client id, u32 max payload), or an ``ERROR`` frame (EPROTO for a bad
-    magic, EPROTONOSUPPORT for another version, ECONNREFUSED when the daemon is full),
-    after which the daemon closes the connection.
+    u16 flags, u32 client id, u32 max payload) then ``SERVER_LIMITS`` (u32 max descriptors,
+    u32 max pending tokens, u64 max bytes in pending pushes: the client's limits, 0 =
+    none), or an ``ERROR`` frame (EPROTO for a bad magic, EPROTONOSUPPORT for another
+    version, ECONNREFUSED when the daemon is full), after which the daemon closes the
+    connection. Version 2 added ``SERVER_LIMITS`` and :data:`F_QT`.
 
 Frames (both directions, after the hello)
     ``HEADER`` = u32 length of the rest (8 + payload), u8 frame type, u8 op, u16 flags,
     u32 request id; then the payload. A payload larger than the receiver's maximum
     (:data:`DEFAULT_MAX_PAYLOAD` unless agreed otherwise) is an error: the daemon answers
     EMSGSIZE and closes that client. Header flags: :data:`F_STREAM`, :data:`F_END` (see
-    "Replies in several frames"); other bits are 0 and ignored.
+    "Replies in several frames"), :data:`F_QT` (see "Requests without a reply"); other
+    bits are 0 and ignored.
 
 Frame types
     REQUEST (client -> daemon, ``op`` says which call), REPLY (ok: a tagged value),
@@ -31,6 +34,21 @@ Request payloads (``qd`` is u32, an address is 4 bytes + u16 port)
     Control ops (STATUS, CONNECTIONS, SHOW, STATS, STEERING, ABORT_CONN, CAPTURE): a JSON
     object (empty payload = ``{}``); the reply is a JSON value, possibly in several
     frames (below). They are for ``xdpstackctl``, never on the data path.
+
+Requests without a reply (:data:`F_QT`)
+    ACCEPT, CONNECT, PUSH and POP come in two forms. Without ``F_QT`` (version 1's): the
+    daemon answers with a REPLY carrying the queue token it chose (INT), or an ERROR when
+    the call fails at once; the token's COMPLETION follows that reply. With ``F_QT`` in
+    the REQUEST's flags, the payload starts with a u64 queue token the *client* chose
+    (then the payload above) and there is no reply at all: the only answer is that
+    token's COMPLETION, carrying the errno when the call fails at once (EBADF, ENOTCONN,
+    EMFILE, ENOBUFS for the client's limits...). Only a request that cannot be decoded
+    gets an ERROR frame (with its request id; 0 by convention for these). This is the
+    data path: a client pushes and pops without waiting for the daemon, which answers
+    with one frame per operation. The client keeps its tokens apart from the daemon's
+    (the library uses values from 2**63 up) and knows its limits from ``SERVER_LIMITS``:
+    where a limit could refuse a call, it uses the replied form, so that the refusal
+    comes back at once.
 
 Tagged values (REPLY payloads, SETSOCKOPT values)
     u8 tag, then: NONE nothing; INT i64; FLOAT f64; ADDR 4 bytes + u16; JSON / STR UTF-8.
@@ -62,7 +80,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"XDPS"
 
 #: Most data bytes one PUSH request or POP completion carries.
@@ -74,6 +92,7 @@ DEFAULT_MAX_PAYLOAD = MAX_DATA + PAYLOAD_OVERHEAD
 
 HELLO = struct.Struct("<4sHH")  # magic, version, flags
 SERVER_HELLO = struct.Struct("<HHII")  # version, flags, client id, max payload
+SERVER_LIMITS = struct.Struct("<IIQ")  # max descriptors, max pending, max push bytes
 HEADER = struct.Struct("<IBBHI")  # length of the rest, frame type, op, flags, request id
 HEADER_SIZE = HEADER.size  # 12
 LENGTH_REST = HEADER_SIZE - 4  # the header bytes the length field counts
@@ -91,6 +110,12 @@ COMPLETION = struct.Struct("<QIIBBH4sH")  # qt, qd, new_qd, opcode, flags, errno
 
 # Header + qd of a PUSH, packed together (the data follows in a second buffer).
 _PUSH_HEAD = struct.Struct("<IBBHII")
+# The same with F_QT: header, the client's queue token, qd.
+_PUSH_HEAD_QT = struct.Struct("<IBBHIQI")
+_QT = struct.Struct("<Q")
+_QT_QD = struct.Struct("<QI")
+_QT_QD_U32 = struct.Struct("<QII")
+_QT_QD_ADDR = struct.Struct("<QI4sH")
 
 U32_MAX = 0xFFFFFFFF
 U64_MAX = (1 << 64) - 1
@@ -99,6 +124,9 @@ U64_MAX = (1 << 64) - 1
 # REPLY: F_STREAM = one of several frames answering one request, F_END = the last of them.
 F_STREAM = 0x0001
 F_END = 0x0002
+# REQUEST (ACCEPT, CONNECT, PUSH, POP): the payload starts with the client's u64 queue
+# token and no reply comes, only that token's COMPLETION.
+F_QT = 0x0004
 
 
 class FrameType(enum.IntEnum):
@@ -219,13 +247,28 @@ def decode_hello(data: bytes | memoryview) -> int:
     return version
 
 
-def encode_server_hello(client_id: int, max_payload: int) -> bytes:
+def encode_server_hello(
+    client_id: int, max_payload: int, limits: tuple[int, int, int] = (0, 0, 0)
+) -> bytes:
+    """``limits``: the client's (max descriptors, max pending tokens, max push bytes)."""
+    descriptors, pending, push_bytes = limits
     return encode_frame(
         FrameType.HELLO,
         Op.NONE,
         0,
-        SERVER_HELLO.pack(PROTOCOL_VERSION, 0, client_id & U32_MAX, max_payload),
+        SERVER_HELLO.pack(PROTOCOL_VERSION, 0, client_id & U32_MAX, max_payload)
+        + SERVER_LIMITS.pack(
+            min(descriptors, U32_MAX), min(pending, U32_MAX), min(push_bytes, U64_MAX)
+        ),
     )
+
+
+def decode_server_limits(payload: bytes | memoryview) -> tuple[int, int, int]:
+    """The server hello's (max descriptors, max pending tokens, max push bytes); a
+    field that is 0 or missing (an older daemon) reads as "no limit known" (0)."""
+    if len(payload) < SERVER_HELLO.size + SERVER_LIMITS.size:
+        return (0, 0, 0)
+    return SERVER_LIMITS.unpack_from(payload, SERVER_HELLO.size)
 
 
 def decode_server_hello(payload: bytes | memoryview) -> tuple[int, int, int]:
@@ -441,19 +484,48 @@ def request_listen(request_id: int, qd: int, backlog: int) -> bytes:
     return request(Op.LISTEN, request_id, payload)
 
 
-def request_pop(request_id: int, qd: int, size: int | None) -> bytes:
+def request_pop(request_id: int, qd: int, size: int | None, qt: int | None = None) -> bytes:
+    """A POP; with ``qt`` (the client's token) in the no-reply form (:data:`F_QT`)."""
     size = 0 if size is None else _check_u32(size, "size")
-    return request(Op.POP, request_id, _QD_U32.pack(_check_u32(qd, "qd"), size))
+    if qt is None:
+        return request(Op.POP, request_id, _QD_U32.pack(_check_u32(qd, "qd"), size))
+    return request(Op.POP, request_id, _QT_QD_U32.pack(qt, _check_u32(qd, "qd"), size), F_QT)
 
 
-def request_push_head(request_id: int, qd: int, data_len: int) -> bytes:
-    """Header + qd of a PUSH; send ``data`` right after it (e.g. with ``sendmsg``)."""
-    return _PUSH_HEAD.pack(
-        LENGTH_REST + 4 + data_len,
+def request_accept(request_id: int, qd: int, qt: int | None = None) -> bytes:
+    """An ACCEPT; with ``qt`` in the no-reply form (:data:`F_QT`)."""
+    if qt is None:
+        return request_qd(Op.ACCEPT, request_id, qd)
+    return request(Op.ACCEPT, request_id, _QT_QD.pack(qt, _check_u32(qd, "qd")), F_QT)
+
+
+def request_connect(request_id: int, qd: int, addr: Any, qt: int | None = None) -> bytes:
+    """A CONNECT; with ``qt`` in the no-reply form (:data:`F_QT`)."""
+    if qt is None:
+        return request_addr(Op.CONNECT, request_id, qd, addr)
+    payload = _QT_QD.pack(qt, _check_u32(qd, "qd")) + encode_addr(addr)
+    return request(Op.CONNECT, request_id, payload, F_QT)
+
+
+def request_push_head(request_id: int, qd: int, data_len: int, qt: int | None = None) -> bytes:
+    """Header + qd of a PUSH (with ``qt``: the no-reply form, :data:`F_QT`); send ``data``
+    right after it (e.g. with ``sendmsg``)."""
+    if qt is None:
+        return _PUSH_HEAD.pack(
+            LENGTH_REST + 4 + data_len,
+            FrameType.REQUEST,
+            Op.PUSH,
+            0,
+            request_id,
+            _check_u32(qd, "qd"),
+        )
+    return _PUSH_HEAD_QT.pack(
+        LENGTH_REST + 12 + data_len,
         FrameType.REQUEST,
         Op.PUSH,
-        0,
+        F_QT,
         request_id,
+        qt,
         _check_u32(qd, "qd"),
     )
 
@@ -499,6 +571,41 @@ def _decode_option_name(payload: bytes | memoryview, op: Op) -> tuple[str, int]:
     if not raw.isascii():
         raise ProtocolError(f"{op.name}: option name is not ASCII")
     return raw.decode("ascii"), 5 + n
+
+
+#: The ops that may carry :data:`F_QT`.
+QT_OPS = frozenset({Op.ACCEPT, Op.CONNECT, Op.PUSH, Op.POP})
+
+
+def decode_request_qt(frame: Frame) -> tuple[Op, int | None, tuple[Any, ...]]:
+    """A REQUEST frame -> ``(op, qt, args)``: ``qt`` is the client's queue token of a
+    request in the no-reply form (:data:`F_QT`), else None; ``op`` and ``args`` as
+    :func:`decode_request` gives them. ``F_QT`` on another op -> ProtocolError(EINVAL)."""
+    if not frame.flags & F_QT:
+        op, args = decode_request(frame)
+        return op, None, args
+    op = _OPS.get(frame.op)
+    if op not in QT_OPS:
+        raise ProtocolError(f"F_QT on op {frame.op}, which has no queue token")
+    payload = frame.payload
+    if len(payload) < 8:
+        raise ProtocolError(f"{op.name}: payload of {len(payload)} bytes has no queue token")
+    if op is Op.PUSH:
+        if len(payload) < 12:
+            raise ProtocolError(f"PUSH: payload of {len(payload)} bytes, expected 12 or more")
+        qt, qd = _QT_QD.unpack_from(payload)
+        return op, qt, (qd, bytes(payload[12:]))
+    if op is Op.POP:
+        _need(payload, 16, op)
+        qt, qd, size = _QT_QD_U32.unpack_from(payload)
+        return op, qt, (qd, size or None)
+    (qt,) = _QT.unpack_from(payload)
+    view = memoryview(payload)[8:]
+    try:
+        op, args = decode_request(Frame(frame.type, frame.op, 0, frame.request_id, view))
+    finally:
+        view.release()
+    return op, qt, args
 
 
 def decode_request(frame: Frame) -> tuple[Op, tuple[Any, ...]]:

@@ -29,13 +29,20 @@ Semantics, where they differ from a kernel socket:
   ``BlockingIOError`` (``EAGAIN``) when nothing is ready, ``EINPROGRESS`` for ``connect``.
   A ``recv`` that times out leaves its request with the daemon, and the next ``recv``
   picks up what it brings: no data is lost.
-* ``send`` queues the data with the daemon and returns ``len(data)`` once it is in the
-  send buffer (blocking), or once it is queued (timeout/non-blocking; at most
-  :data:`NONBLOCKING_SEND_MAX` bytes are taken then, and a send while earlier data is still
-  waiting for send-buffer space raises ``BlockingIOError``/``TimeoutError`` and takes
-  nothing). Bytes taken are always sent, in order.
-* ``recv`` asks the daemon for whatever has arrived (up to 1 MiB) and keeps what does not
-  fit ``bufsize`` for the next call.
+* ``send``/``sendall`` hand the data to the daemon and return without waiting for it,
+  as long as at most :data:`SEND_BUFFER` bytes of the socket's earlier sends are still
+  waiting for the stack's send buffer (the bound plays SO_SNDBUF's part); beyond it they
+  wait. ``send`` with a timeout or non-blocking takes what fits below the bound (at most
+  :data:`NONBLOCKING_SEND_MAX`; none left: ``BlockingIOError``/``TimeoutError``, nothing
+  taken). Bytes taken are always sent, in order; an error the stack reports for them
+  (``ECONNRESET``, ``EPIPE``...) is raised by the next ``send``.
+* A connected socket keeps one receive request armed with the daemon (a standing pop):
+  data that arrives is delivered to this process without being asked for, and ``recv``
+  takes from what has arrived (up to :data:`RECV_BUFFER` bytes are held here; beyond that
+  the stack's receive window closes as for a kernel socket nobody reads). ``close`` with
+  received data unread resets the connection, as Linux does.
+* A listening socket keeps :data:`ACCEPTS_ARMED` accepts armed, so a burst of connections
+  is taken from the stack's accept queue as it comes.
 * ``shutdown(SHUT_WR)`` sends FIN after the queued data (the daemon's ``shutdown``);
   ``SHUT_RD`` is local (later receives return ``b""``).
 * ``fileno()`` returns the descriptor of this process's Unix-socket connection to
@@ -70,6 +77,7 @@ import struct
 import threading
 import warnings
 import weakref
+from collections import deque
 from collections.abc import Callable
 from time import monotonic as _now
 from typing import Any
@@ -78,7 +86,10 @@ from xdpstack.lib import Lib, QResult
 from xdpstack.lib import connect as _lib_connect
 
 __all__ = [
+    "ACCEPTS_ARMED",
     "NONBLOCKING_SEND_MAX",
+    "RECV_BUFFER",
+    "SEND_BUFFER",
     "create_connection",
     "create_server",
     "default_lib",
@@ -115,6 +126,14 @@ _GLOBAL_DEFAULT_TIMEOUT: Any = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr
 
 #: Most bytes one ``send`` takes on a socket with a timeout or non-blocking.
 NONBLOCKING_SEND_MAX = 256 << 10
+#: Bytes of a socket's sends that may wait for the stack's send buffer before a send waits.
+SEND_BUFFER = 1 << 20
+#: Largest piece ``sendall`` hands over at a time (each waits for room below the bound).
+SEND_CHUNK = 256 << 10
+#: Received bytes held in the socket before its standing pop is no longer re-armed.
+RECV_BUFFER = 1 << 20
+#: Accepts a listening socket keeps armed.
+ACCEPTS_ARMED = 16
 
 Address = tuple[str, int]
 
@@ -246,6 +265,15 @@ class _Shared:
                 os.write(self._wake_w, b"\0")
             except OSError:
                 pass
+
+    def done(self, qt: int) -> bool:
+        """Whether ``qt`` has completed (an unknown token counts as done: its wait says
+        EBADF)."""
+        with self.lock:
+            try:
+                return self.lib.done(qt)
+            except ValueError:
+                return True
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` (a Lib method) under the lock."""
@@ -383,7 +411,7 @@ class socket:  # the standard library's name
 
     __slots__ = (
         "__weakref__",
-        "_accept_qt",
+        "_accept_qts",
         "_closed",
         "_connect_error",
         "_connect_qt",
@@ -399,6 +427,7 @@ class socket:  # the standard library's name
         "_shut_rd",
         "_shut_wr",
         "_timeout",
+        "_unsent",
         "proto",
     )
 
@@ -426,11 +455,12 @@ class socket:  # the standard library's name
         self.proto = 0 if proto == -1 else proto
         self._shared = _via if _via is not None else _shared(lib)
         self._timeout: float | None = getdefaulttimeout()
-        self._pop_qt: int | None = None
-        self._accept_qt: int | None = None
+        self._pop_qt: int | None = None  # the standing pop
+        self._accept_qts: deque[int] = deque()  # armed accepts, in the order they complete
         self._connect_qt: int | None = None
         self._connect_error = 0
-        self._push_qts: list[int] = []
+        self._push_qts: deque[tuple[int, int]] = deque()  # (token, bytes), oldest first
+        self._unsent = 0  # bytes in _push_qts
         self._rbuf = bytearray()
         self._eof = False
         self._shut_rd = False
@@ -514,18 +544,30 @@ class socket:  # the standard library's name
         qd, self._qd = self._qd, None
         if qd is None:
             return
+        pop_qt = self._pop_qt
         tokens = self._tokens()
-        self._pop_qt = self._accept_qt = self._connect_qt = None
-        self._push_qts = []
+        self._pop_qt = self._connect_qt = None
+        self._accept_qts = deque()
+        self._push_qts = deque()
+        self._unsent = 0
+        unread = bool(self._rbuf) and not self._shut_rd
+        self._rbuf = bytearray()
         shared = self._shared
         if shared.generation != _fork_generation or shared.lib.closed:
             return
         lib = shared.lib
 
         def close() -> None:
+            reset = unread
+            if pop_qt is not None and not reset and not self._shut_rd:
+                try:
+                    reset = lib.done(pop_qt) and bool(lib.wait(pop_qt, 0).data)
+                except (OSError, ValueError):
+                    pass
             for qt in tokens:
                 lib.discard(qt)
-            lib.close(qd)
+            # Received data left unread: RST, as Linux (the stack would, had it kept it).
+            (lib.abort if reset else lib.close)(qd)
 
         try:
             shared.call(close)
@@ -533,8 +575,8 @@ class socket:  # the standard library's name
             pass
 
     def _tokens(self) -> list[int]:
-        tokens = [t for t in (self._pop_qt, self._accept_qt, self._connect_qt) if t is not None]
-        return tokens + self._push_qts
+        tokens = [t for t in (self._pop_qt, self._connect_qt) if t is not None]
+        return tokens + list(self._accept_qts) + [qt for qt, _ in self._push_qts]
 
     def __del__(self) -> None:
         if getattr(self, "_closed", True) or getattr(self, "_qd", None) is None:
@@ -617,27 +659,46 @@ class socket:  # the standard library's name
         """``(conn, (ip, port))``; the new socket gets the default timeout
         (``getdefaulttimeout()``), as in the standard library."""
         self._check()
-        lib = self._shared.lib
-        if self._accept_qt is None:
-            self._accept_qt = self._call(lib.accept)
-        qt = self._accept_qt
+        accepts = self._accept_qts
+        if len(accepts) < ACCEPTS_ARMED:
+            self._arm_accepts()
+        qt = accepts[0]
         deadline, nonblocking = self._deadline()
         try:
             result = self._wait(qt, deadline, nonblocking)
         except (TimeoutError, BlockingIOError):
             raise
         except OSError:
-            self._accept_qt = None
+            if accepts and accepts[0] == qt:
+                accepts.popleft()
             raise
-        self._accept_qt = None
+        if accepts and accepts[0] == qt:
+            accepts.popleft()
         assert result.new_qd is not None
         conn = socket(AF_INET, SOCK_STREAM, self.proto, _qd=result.new_qd, _via=self._shared)
         if getdefaulttimeout() is None and self._timeout is not None:
             conn.setblocking(True)
+        conn._arm_pop()
+        self._arm_accepts()  # goes out with the next request or wait
         addr = result.addr
         if addr is None:
             addr = conn.getpeername()
         return conn, addr
+
+    def _arm_accepts(self) -> None:
+        """Keep ACCEPTS_ARMED accepts with the daemon (sent with the next request)."""
+        want = ACCEPTS_ARMED - len(self._accept_qts)
+        if want <= 0:
+            return
+        qd = self._check()
+        lib = self._shared.lib
+        accepts = self._accept_qts
+
+        def arm() -> None:
+            for _ in range(want):
+                accepts.append(lib.accept(qd, defer=True))
+
+        self._shared.call(arm)
 
     def connect(self, address: Any) -> None:
         """Connect to ``(host, port)``. With a timeout, ``TimeoutError`` (the attempt goes
@@ -663,6 +724,7 @@ class socket:  # the standard library's name
                 self._connect_qt = None
             raise
         self._connect_qt = None
+        self._arm_pop()
 
     def connect_ex(self, address: Any) -> int:
         """``connect``, returning 0 or the errno instead of raising it."""
@@ -687,58 +749,92 @@ class socket:  # the standard library's name
                 self._connect_error = exc.errno or _errno.EIO
             else:
                 self._connect_qt = None
+                self._arm_pop()
         err, self._connect_error = self._connect_error, 0
         return err
 
     # -- sending ----------------------------------------------------------------------------
-    def _drain_pushes(self, deadline: float | None, nonblocking: bool) -> None:
-        """Wait for earlier pushes (data queued but not yet in the send buffer)."""
-        while self._push_qts:
-            qt = self._push_qts[0]
-            try:
-                self._wait(qt, deadline, nonblocking)
-            except (TimeoutError, BlockingIOError):
-                raise
-            except OSError:
-                self._push_qts.pop(0)
-                raise
-            self._push_qts.pop(0)
+    def _reap_pushes(self) -> None:
+        """Forget the pushes that have completed (oldest first); raise the error of one
+        that failed (the stack's report for bytes taken earlier, as a kernel's next send
+        does)."""
+        pushes = self._push_qts
+        shared = self._shared
+        while pushes and shared.done(pushes[0][0]):
+            qt, size = pushes.popleft()
+            self._unsent -= size
+            shared.wait(qt, 0)  # raises its error
+
+    def _drain_pushes(self, bound: int, deadline: float | None, nonblocking: bool) -> None:
+        """Wait until at most ``bound`` bytes of earlier sends wait for the send buffer."""
+        pushes = self._push_qts
+        while self._unsent > bound and pushes:
+            qt, size = pushes[0]
+            self._wait(qt, deadline, nonblocking)  # TimeoutError/BlockingIOError: stays
+            if pushes and pushes[0][0] == qt:
+                pushes.popleft()
+                self._unsent -= size
 
     def _push(self, view: memoryview) -> None:
         # Lib.push has written the bytes to the daemon connection when it returns: the
         # caller's buffer is free again at once, whatever happens to the token.
         if self._shut_wr:
             raise BrokenPipeError(_errno.EPIPE, os.strerror(_errno.EPIPE))
-        self._push_qts.append(self._call(self._shared.lib.push, view))
+        qt = self._call(self._shared.lib.push, view)
+        self._push_qts.append((qt, len(view)))
+        self._unsent += len(view)
+
+    def _fail_push(self, exc: OSError) -> None:
+        """A failed push's error: the pushes behind it are moot."""
+        self._push_qts.clear()
+        self._unsent = 0
+        raise exc
 
     def send(self, data: Any, flags: int = 0) -> int:
         """Queue ``data``; the number of bytes taken (see the module docstring)."""
         self._check()
         view = memoryview(data).cast("B")
         deadline, nonblocking = self._deadline(flags)
-        self._drain_pushes(deadline, nonblocking)  # nothing taken while earlier data waits
-        if deadline is not None:
-            view = view[:NONBLOCKING_SEND_MAX]
-        if not view:
-            return 0
-        self._push(view)
         try:
-            self._drain_pushes(deadline, nonblocking)
-        except (TimeoutError, BlockingIOError):
-            pass  # taken: it is queued with the daemon and goes out in order
+            if self._push_qts:
+                self._reap_pushes()
+            if deadline is None:  # blocking: take it all, then wait down to the bound
+                if view:
+                    for start in range(0, len(view), SEND_CHUNK):
+                        self._drain_pushes(SEND_BUFFER, None, False)
+                        self._push(view[start : start + SEND_CHUNK])
+                return len(view)
+            room = SEND_BUFFER - self._unsent
+            if room <= 0:
+                self._drain_pushes(SEND_BUFFER - 1, deadline, nonblocking)
+                room = SEND_BUFFER - self._unsent
+        except OSError as exc:
+            if isinstance(exc, TimeoutError | BlockingIOError):
+                raise
+            self._fail_push(exc)
+        view = view[: min(room, NONBLOCKING_SEND_MAX)]
+        if view:
+            self._push(view)
         return len(view)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        """Queue all of ``data`` and wait until it is in the send buffer (with a timeout:
-        at most that long in all, then ``TimeoutError``; the data still goes out)."""
+        """Queue all of ``data``; return once at most :data:`SEND_BUFFER` bytes of this
+        socket's sends wait for the send buffer (with a timeout: at most that long in all,
+        then ``TimeoutError``; what was taken still goes out)."""
         self._check()
         view = memoryview(data).cast("B")
         deadline, nonblocking = self._deadline(flags)
-        self._drain_pushes(deadline, nonblocking)
-        if view:
-            self._push(view)
-            if not nonblocking:
-                self._drain_pushes(deadline, nonblocking)
+        try:
+            if self._push_qts:
+                self._reap_pushes()
+            for start in range(0, len(view), SEND_CHUNK):
+                if not nonblocking:
+                    self._drain_pushes(SEND_BUFFER, deadline, False)
+                self._push(view[start : start + SEND_CHUNK])
+        except OSError as exc:
+            if isinstance(exc, TimeoutError | BlockingIOError):
+                raise
+            self._fail_push(exc)
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         """Send a file's contents (read in blocks; ``file`` opened in binary mode)."""
@@ -775,15 +871,16 @@ class socket:  # the standard library's name
                 out += buf[:n]
                 if not peek:
                     del buf[:n]
+                    if self._pop_qt is None and len(buf) < RECV_BUFFER:
+                        self._arm_pop()
                 if not waitall or len(out) >= bufsize:
                     return bytes(out)
             if self._eof or self._shut_rd:
                 return bytes(out)
-            lib = self._shared.lib
             if self._pop_qt is None:
-                self._pop_qt = self._call(lib.pop, None)
+                self._arm_pop()
             try:
-                result = self._wait(self._pop_qt, deadline, nonblocking)
+                result = self._wait(self._pop_qt, deadline, nonblocking)  # type: ignore[arg-type]
             except (TimeoutError, BlockingIOError):
                 if out:  # MSG_WAITALL: what came so far
                     return bytes(out)
@@ -797,12 +894,23 @@ class socket:  # the standard library's name
             data = result.data
             if not data:
                 self._eof = True
-            elif not out and not self._rbuf and len(data) <= bufsize and not (peek or waitall):
-                return data
             else:
+                if not out and not self._rbuf and len(data) <= bufsize and not (peek or waitall):
+                    self._arm_pop()
+                    return data
                 self._rbuf += data
+                if len(self._rbuf) < RECV_BUFFER:
+                    self._arm_pop()
             if peek and self._rbuf:
                 return bytes(self._rbuf[:bufsize])
+
+    def _arm_pop(self) -> None:
+        """Arm the standing pop (it goes out with this Lib's next request or wait)."""
+        if self._pop_qt is not None or self._eof or self._shut_rd or self._qd is None:
+            return
+        qd = self._qd
+        lib = self._shared.lib
+        self._pop_qt = self._shared.call(lambda: lib.pop(qd, None, defer=True))
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if bufsize < 0:

@@ -22,6 +22,7 @@ from harness import (
 
 import xdpstack
 from xdpstack import OpCode, QResult
+from xdpstack import protocol as P
 from xdpstack.protocol import Op
 
 WAIT = 10.0
@@ -188,11 +189,13 @@ def test_immediate_errors(daemon: Daemon, lib: xdpstack.Lib) -> None:
     with pytest.raises(OSError) as info:
         lib.getpeername(b)
     assert info.value.errno == errno.ENOTCONN
+    # token calls do not wait for the daemon: their immediate errors come with the wait
+    qt = lib.pop(b)
     with pytest.raises(OSError) as info:
-        lib.pop(b)
-    assert info.value.errno == errno.ENOTCONN
+        lib.wait(qt, WAIT)
+    assert (info.value.errno, info.value.qt, info.value.qd) == (errno.ENOTCONN, qt, b)
     with pytest.raises(OSError) as info:
-        lib.accept(b)
+        lib.wait(lib.accept(b), WAIT)
     assert info.value.errno == errno.EINVAL
     with pytest.raises(OSError) as info:
         lib.pop(a, 0)
@@ -206,9 +209,13 @@ def test_immediate_errors(daemon: Daemon, lib: xdpstack.Lib) -> None:
     with pytest.raises(OSError) as info:
         lib.setsockopt(a, "SO_SNDBUF", 10)
     assert info.value.errno == errno.EINVAL
-    for call in (lib.close, lib.abort, lib.getsockname, lib.shutdown, lib.accept):
+    for call in (lib.close, lib.abort, lib.getsockname, lib.shutdown):
         with pytest.raises(OSError) as info:
             call(999_999)
+        assert info.value.errno == errno.EBADF
+    for token_call in (lib.accept, lib.pop):
+        with pytest.raises(OSError) as info:
+            lib.wait(token_call(999_999), WAIT)
         assert info.value.errno == errno.EBADF
     with pytest.raises(ValueError):
         lib.bind(b, ("not an ip", 1))
@@ -271,20 +278,26 @@ def test_clients_cannot_touch_each_others_descriptors(daemon: Daemon, lib: xdpst
         for call, args in [
             (other.getsockname, (qd,)),
             (other.getpeername, (qd,)),
-            (other.pop, (qd,)),
-            (other.push, (qd, b"x")),
             (other.shutdown, (qd,)),
             (other.setsockopt, (qd, "TCP_NODELAY", 1)),
             (other.getsockopt, (qd, "TCP_NODELAY")),
-            (other.accept, (lqd,)),
             (other.listen, (lqd,)),
             (other.bind, (qd, (OUR_IP, 1))),
-            (other.connect, (qd, (FAR_IP, 1))),
             (other.close, (qd,)),
             (other.abort, (qd,)),
         ]:
             with pytest.raises(OSError) as info:
                 call(*args)
+            assert info.value.errno == errno.EBADF, call
+        # token calls: the error comes with the wait, and the far end got nothing
+        for call, args in [
+            (other.pop, (qd,)),
+            (other.push, (qd, b"x")),
+            (other.accept, (lqd,)),
+            (other.connect, (qd, (FAR_IP, 1))),
+        ]:
+            with pytest.raises(OSError) as info:
+                other.wait(call(*args), WAIT)
             assert info.value.errno == errno.EBADF, call
         mine = other.socket()
         with pytest.raises(OSError) as info:
@@ -370,7 +383,7 @@ def test_peercred_recorded(daemon: Daemon, lib: xdpstack.Lib) -> None:
 def test_control_ops(daemon: Daemon, lib: xdpstack.Lib) -> None:
     qd, _ = connect_to_far(daemon, lib)
     status = lib.control(Op.STATUS)
-    assert status["protocol"] == 1 and status["pid"] == os.getpid()
+    assert status["protocol"] == P.PROTOCOL_VERSION and status["pid"] == os.getpid()
     assert status["socket"] == daemon.path
     assert [c["pid"] for c in status["clients"]] == [os.getpid()]
     conns = lib.control(Op.CONNECTIONS)

@@ -106,7 +106,8 @@ def test_wrong_version(daemon: Daemon) -> None:
 
 
 def test_wrong_version_through_the_library(daemon: Daemon, monkeypatch) -> None:
-    monkeypatch.setattr(xdpstack.lib.P, "encode_hello", lambda: P.HELLO.pack(P.MAGIC, 2, 0))
+    other = P.PROTOCOL_VERSION + 1
+    monkeypatch.setattr(xdpstack.lib.P, "encode_hello", lambda: P.HELLO.pack(P.MAGIC, other, 0))
     with pytest.raises(OSError) as info:
         xdpstack.connect(daemon.path)
     assert info.value.errno == errno.EPROTONOSUPPORT
@@ -316,7 +317,13 @@ def test_client_that_never_reads_completions_is_dropped(tmp_path) -> None:
         assert raw.frame().type == FrameType.COMPLETION
         far_qd = daemon.far.wait_ok(aqt).new_qd
         daemon.far.push(far_qd, pattern(1 << 20))  # fills our receive buffer
-        time.sleep(0.5)
+        assert daemon.engine is not None
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            queued = daemon.engine.snapshot(qd)["ordered_delivery"]["recv_queue_bytes"]
+            if queued >= 512 << 10:  # more than the client gets before it is dropped
+                break
+            time.sleep(0.01)
         # 40 pops, each completing at once with up to 64 KiB, and we never read: more
         # than the Unix socket's buffer plus the hard limit (write_high + 2 frames).
         raw.send(b"".join(P.request_pop(10 + i, qd, None) for i in range(40)))

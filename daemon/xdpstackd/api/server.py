@@ -2,7 +2,11 @@
 
 Each accepted connection is a :class:`~xdpstackd.api.session.Session`. Requests are
 decoded with :mod:`xdpstack.protocol` and turned into Engine calls on the loop's thread;
-every request gets exactly one REPLY or ERROR frame, in order. A reply larger than a
+every request gets exactly one REPLY or ERROR frame, in order -- except ACCEPT, CONNECT,
+PUSH and POP in the no-reply form (``F_QT``: the client chose the queue token), whose only
+answer is the token's COMPLETION, with the errno when the call failed at once (a request
+that cannot be decoded still gets an ERROR). A session's frames of one loop iteration go
+out together (:class:`~xdpstackd.api.session.Session` corks its output). A reply larger than a
 frame (CONNECTIONS on a busy daemon) goes in several REPLY frames, written together, to a
 client whose request carries ``F_STREAM``; to others, or past ``max_reply`` bytes, it is
 ERROR EMSGSIZE (see "Replies in several frames" in :mod:`xdpstack.protocol`).
@@ -19,7 +23,8 @@ Completions: the Engine hands every completion to :meth:`ApiServer.on_completion
 complete *inside* the Engine call that created the token, before the server knows the
 token; completions that arrive during a call are therefore held and routed right after
 the call's reply is written, so a client always sees the reply that names a token
-before the token's completion.
+before the token's completion. A completion goes out with the client's token: the one
+it chose (``F_QT``), else the Engine's.
 
 Control ops (``xdpstackctl``): STATUS, CONNECTIONS and SHOW (each connection carries an
 ``owner``: the client id, pid and uid holding its descriptor), STATS, STEERING,
@@ -38,7 +43,9 @@ Per-client limits (``[daemon]`` keys ``client_max_sockets`` and
   that would take the client's held bytes past ``max_push_bytes`` fails at once with
   ENOBUFS and nothing of it is queued; the pushes accepted before it are not affected and
   complete in order as the peer reads. The client waits for one of its push tokens and
-  tries again. (Chosen over back-pressure -- not reading the client's requests -- because
+  tries again. (The client library knows the limit from the server hello and uses the
+  replied form of PUSH whenever a push could pass it, so the refusal reaches the call.)
+  (Chosen over back-pressure -- not reading the client's requests -- because
   that would also hold up the client's pops and its other connections behind one slow
   peer.) A client with no push pending can always push one frame, whatever the limit.
 
@@ -146,7 +153,8 @@ class ApiServer:
             0,
         )
         self._ids = itertools.count(1)
-        self._qt_owner: dict[int, Session] = {}
+        self._qt_owner: dict[int, tuple[Session, int]] = {}  # engine qt -> (session, its qt)
+        self._wire_qt: int | None = None  # the client's token of the F_QT request in hand
         self._qd_owner: dict[int, Session] = {}
         self._in_call = False
         self._request_id = 0  # of the request being handled
@@ -295,7 +303,8 @@ class ApiServer:
             self.counters["clients_dropped"] += 1
             log.info("client %d (pid %s) dropped: %s", session.id, session.pid, reason)
         for qt in session.qts:
-            if self._qt_owner.get(qt) is session:
+            owner = self._qt_owner.get(qt)
+            if owner is not None and owner[0] is session:
                 del self._qt_owner[qt]
         session.qts.clear()
         session.accept_qts.clear()
@@ -309,9 +318,12 @@ class ApiServer:
         if qds:
             self._call_soon(self._close_descriptors, qds)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop or self.engine.loop
+
     def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        loop = self._loop or self.engine.loop
-        loop.call_soon(fn, *args)
+        self.loop.call_soon(fn, *args)
 
     def _close_descriptors(self, qds: list[int]) -> None:
         for qd in qds:
@@ -343,9 +355,12 @@ class ApiServer:
             log.exception("routing completion %r", completion)
 
     def _route(self, c: Completion) -> None:
-        session = self._qt_owner.pop(c.qt, None)
-        if session is None:
+        owner = self._qt_owner.pop(c.qt, None)
+        if owner is None:
             session = self._qd_owner.get(c.qd)
+            wire_qt = c.qt
+        else:
+            session, wire_qt = owner
         new_qd = c.new_qd
         if session is None or session.closed:
             self.counters["completions_dropped"] += 1
@@ -363,7 +378,7 @@ class ApiServer:
             self._qd_owner[new_qd] = session
         self.counters["completions_routed"] += 1
         session.writelines(
-            P.completion_frame(c.qt, c.qd, int(c.opcode), c.errno, c.data or b"", c.addr, new_qd)
+            P.completion_frame(wire_qt, c.qd, int(c.opcode), c.errno, c.data or b"", c.addr, new_qd)
         )
 
     def _flush_held(self) -> None:
@@ -379,11 +394,12 @@ class ApiServer:
     # requests
     # =================================================================================
     def handle_frame(self, session: Session, frame: P.Frame) -> None:
-        """One frame from ``session``: exactly one REPLY or ERROR goes back."""
+        """One frame from ``session``: exactly one REPLY or ERROR goes back (for a
+        request in the no-reply form, nothing or its token's failed COMPLETION)."""
         self.counters["requests"] += 1
         op_num, rid = frame.op, frame.request_id
         try:
-            op, args = P.decode_request(frame)
+            op, wire_qt, args = P.decode_request_qt(frame)
         except P.ProtocolError as exc:
             self.counters["protocol_errors"] += 1
             session.send_error(op_num, rid, exc.errno, str(exc))
@@ -392,6 +408,9 @@ class ApiServer:
         if handler is None:
             self.counters["protocol_errors"] += 1
             session.send_error(op_num, rid, errno.ENOSYS, f"{op.name} is not implemented")
+            return
+        if wire_qt is not None:
+            self._handle_no_reply(session, op, wire_qt, handler, args)
             return
         self._in_call = True
         self._request_id = rid
@@ -414,6 +433,38 @@ class ApiServer:
             self._in_call = False
             if self._held:
                 self._flush_held()
+
+    def _handle_no_reply(
+        self,
+        session: Session,
+        op: P.Op,
+        wire_qt: int,
+        handler: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        """ACCEPT/CONNECT/PUSH/POP with the client's token ``wire_qt``: no reply; a call
+        that fails at once completes that token with its errno."""
+        self._in_call = True
+        self._wire_qt = wire_qt
+        err = 0
+        try:
+            handler(session, *args)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        except (TypeError, ValueError, OverflowError, KeyError):
+            err = errno.EINVAL
+        except Exception as exc:
+            self.counters["internal_errors"] += 1
+            log.exception("%s from client %d: %s", op.name, session.id, exc)
+            err = errno.EIO
+        finally:
+            self._wire_qt = None
+            self._in_call = False
+            if self._held:
+                self._flush_held()
+        if err:
+            self.counters["request_errors"] += 1
+            session.writelines(P.completion_frame(wire_qt, args[0], _OPCODE_OF[op], err))
 
     def _reply(self, session: Session, op: P.Op, rid: int, flags: int, value: Any) -> None:
         """Send ``value`` as the reply: one REPLY frame when it fits; in several frames
@@ -443,8 +494,7 @@ class ApiServer:
             return
         frames = -(-size // self.max_frame)
         wire = size + frames * P.HEADER_SIZE
-        transport = session.transport
-        queued = transport.get_write_buffer_size() if transport is not None else 0
+        queued = session.queued()
         # past write_hard_limit the session would drop its client: refuse instead
         limit = min(self.max_reply, self.write_hard_limit - queued)
         if wire > limit:
@@ -467,7 +517,8 @@ class ApiServer:
 
     def _token(self, session: Session, qt: int) -> int:
         session.qts.add(qt)
-        self._qt_owner[qt] = session
+        wire_qt = self._wire_qt
+        self._qt_owner[qt] = (session, qt if wire_qt is None else wire_qt)
         return qt
 
     def _check_pending(self, session: Session) -> None:
@@ -687,6 +738,14 @@ class ApiServer:
     def _capture_ended(self, session: Session, capture: CaptureStream) -> None:
         if self._captures.get(session.id) is capture:
             del self._captures[session.id]
+
+
+_OPCODE_OF = {
+    P.Op.ACCEPT: int(P.OpCode.ACCEPT),
+    P.Op.CONNECT: int(P.OpCode.CONNECT),
+    P.Op.PUSH: int(P.OpCode.PUSH),
+    P.Op.POP: int(P.OpCode.POP),
+}
 
 
 def _privileged(session: Session) -> bool:

@@ -6,6 +6,13 @@ server, which owns the routing and the Engine calls. What it keeps about its cli
 the peer credentials (SO_PEERCRED: pid, uid, gid), the descriptors it owns and the
 queue tokens it waits for.
 
+Output is corked: the frames a session produces (replies, errors, completions) are
+collected and go out in one ``writelines`` -- at the end of the read that carried the
+requests (every complete request in it is handled first), or, for completions that come
+from the network, in a ``call_soon`` once per loop iteration. One ``send`` per iteration
+instead of one per frame: the daemon's share in writes and the client's wake-ups both
+drop.
+
 Back-pressure: the transport's write buffer has a high-water mark; above it the session
 stops reading the client's requests (``pause_reading``) until the client has read its
 replies and completions. Above a hard limit (a client that issued many pops and never
@@ -51,6 +58,10 @@ class Session(asyncio.Protocol):
         self.requests = 0
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
+        self._out: list[bytes | memoryview] = []  # frames not yet handed to the transport
+        self._out_bytes = 0
+        self._corked = False  # in data_received: flushed at its end
+        self._flush_handle: asyncio.Handle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,9 +124,17 @@ class Session(asyncio.Protocol):
                 return
             self.hello_done = True
             offset = P.HELLO.size
-            self.write(P.encode_server_hello(self.id, self.server.max_frame))
+            server = self.server
+            self.write(
+                P.encode_server_hello(
+                    self.id,
+                    server.max_frame,
+                    (server.max_descriptors, server.max_pending, server.max_push_bytes),
+                )
+            )
         handle = self.server.handle_frame
         max_payload = self.server.max_frame
+        self._corked = True
         try:
             while not self.closed:
                 try:
@@ -135,32 +154,69 @@ class Session(asyncio.Protocol):
                     frame.payload.release()
                 del frame, decoded
         finally:
+            self._corked = False
             if offset and not self.closed:
                 try:
                     del buf[:offset]
                 except BufferError:  # a view escaped somewhere: start a fresh buffer
                     self._buf = bytearray(buf[offset:])
+            if self._out:
+                self.flush()
 
     # -- output -------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        transport = self.transport
-        if self.closed or transport is None:
+        """Queue one frame; it goes out with the others of this loop iteration."""
+        if self.closed or self.transport is None:
             return
-        transport.write(data)
-        self._check_hard_limit(transport)
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes > self.server.write_hard_limit:
+            self._check_hard_limit(self.transport)
+        elif not self._corked and self._flush_handle is None:
+            self._flush_handle = self.server.loop.call_soon(self.flush)
 
     def writelines(self, buffers: list[bytes]) -> None:
-        transport = self.transport
-        if self.closed or transport is None:
+        """Queue frames given as buffers (a frame may span several)."""
+        if self.closed or self.transport is None:
             return
-        transport.writelines(buffers)
+        out = self._out
+        for data in buffers:
+            out.append(data)
+            self._out_bytes += len(data)
+        if self._out_bytes > self.server.write_hard_limit:
+            self._check_hard_limit(self.transport)
+        elif not self._corked and self._flush_handle is None:
+            self._flush_handle = self.server.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand the queued frames to the transport: one ``send`` for all of them."""
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()
+        out = self._out
+        transport = self.transport
+        if not out or self.closed or transport is None:
+            return
+        self._out = []
+        self._out_bytes = 0
+        if len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
         self._check_hard_limit(transport)
+
+    def queued(self) -> int:
+        """Bytes written to this client and not yet sent (queued here or in the transport)."""
+        transport = self.transport
+        return self._out_bytes + (transport.get_write_buffer_size() if transport else 0)
 
     def send_error(self, op: int, request_id: int, err: int, message: str) -> None:
         self.write(P.error(op, request_id, err, message))
 
     def _check_hard_limit(self, transport: asyncio.Transport) -> None:
-        size = transport.get_write_buffer_size()
+        """Drop a client that does not read (its output, queued here and in the
+        transport, past the hard limit)."""
+        size = self._out_bytes + transport.get_write_buffer_size()
         if size > self.server.write_hard_limit:
             log.warning(
                 "client %d (pid %s) does not read: %d bytes queued; dropping it",
@@ -176,7 +232,13 @@ class Session(asyncio.Protocol):
         call) as at a process exit, and nothing more is read or written."""
         if self.closed:
             return
+        if not abort and self._out and self.transport is not None:
+            self.flush()  # a final error frame goes out before the close
         self.closed = True
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()
+        self._out = []
         transport = self.transport
         if transport is not None:
             # Flush a small final error frame, but never wait on a client that does not
@@ -190,7 +252,6 @@ class Session(asyncio.Protocol):
 
     # -- inspection ---------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        transport = self.transport
         return {
             "id": self.id,
             "pid": self.pid,
@@ -200,7 +261,7 @@ class Session(asyncio.Protocol):
             "pending_tokens": len(self.qts),
             "pending_push_bytes": self.push_bytes,
             "requests": self.requests,
-            "output_queued": transport.get_write_buffer_size() if transport else 0,
+            "output_queued": self.queued(),
             "reading_paused": self.paused,
             "connected_s": round(time.time() - self.connected_at, 3),
         }
