@@ -18,9 +18,11 @@ Metrics: bulk goodput each direction on one connection (``up``: client to stack 
 messages (p50, p99, round trips per second); connections per second (connect, one
 exchange, close: the server closes first and the client resets, so nobody keeps a
 TIME_WAIT; checked after each run); how many idle connections the server side holds
-(ramped to ``--conns`` within ``--hold-seconds``, with the reason it stopped) and the memory
-per connection (the daemon's VmRSS delta; for the kernel, its slab growth less the client
-sockets' share, measured in the xdpstack run).
+(ramped to ``--conns``, 100,000, within ``--hold-seconds``, with the reason it stopped; on
+several ports, one server and one client process per port, as RLIMIT_NOFILE is per
+process), the memory per connection (the daemon's VmRSS delta; for the kernel, its slab
+growth less the client sockets' share, measured in the xdpstack run), and how many
+connections the stack still holds after the clients reset them all at ``--release-rate``.
 
 Results: ``bench/results/compare-<timestamp>.json`` and ``.png``, and a table of medians with
 the ratio xdpstack/kernel. Everything it creates (namespaces, veth pair, daemon, workers) is
@@ -83,6 +85,10 @@ HOLD_CONNS_PER_PROCESS = 16_000
 #: After the paced release, how long the stack may take to drop the reset connections,
 #: and how long an unchanged count means the rest will stay (their RSTs were lost).
 RELEASE_SETTLE_S = 60.0
+#: RSTs per second when the idle connections are released (--release-rate), in batches of
+#: RELEASE_BATCH: a burst of RSTs overruns the receiver (xdpstackd's AF_XDP fill ring).
+RELEASE_RATE = 5000.0
+RELEASE_BATCH = 100
 RELEASE_STUCK_S = 5.0
 KERNEL = "kernel"
 KERNEL_NO_OFFLOAD = "kernel-no-offload"
@@ -505,6 +511,7 @@ class Options:
     hold_reps: int
     window: int
     conns_per_process: int = HOLD_CONNS_PER_PROCESS
+    release_rate: float = RELEASE_RATE
     profile_dir: Path | None = None
 
 
@@ -792,6 +799,8 @@ class Bench:
                         conns=share,
                         seconds=opts.hold_seconds,
                         window=window,
+                        release_batch=RELEASE_BATCH if opts.release_rate else share,
+                        release_pause=RELEASE_BATCH / opts.release_rate if opts.release_rate else 0,
                     )
                 )
             holdings = [c.expect("holding", opts.hold_seconds + 60) for c in clients]
@@ -872,14 +881,21 @@ class Bench:
         """Reset the held connections, then wait for the stack to drop them.
 
         The clients close with SO_LINGER 0 (an RST each), one client after the other, so
-        the pace is one client's (``--release-batch`` per ``--release-pause``: 5,000/s): a
-        burst of RSTs overruns the receiver (xdpstackd's AF_XDP fill ring), and a
-        connection whose RST is lost stays. What stays is recorded, not hidden."""
+        the pace is one client's (``--release-rate``, 5,000/s by default); with rate 0 all
+        clients close all at once. A burst of RSTs overruns the receiver (xdpstackd's
+        AF_XDP fill ring), and a connection whose RST is lost stays: what stays is
+        recorded, not hidden."""
         counters_before = self.daemon_counters() if stack == XDPSTACK else {}
         started = time.monotonic()
-        for client in clients:
-            client.send("release")
-            client.expect("released", 120)
+        if self.opts.release_rate:
+            for client in clients:
+                client.send("release")
+                client.expect("released", 120)
+        else:
+            for client in clients:
+                client.send("release")
+            for client in clients:
+                client.expect("released", 120)
         sent = time.monotonic() - started
         left, waited = held, 0.0
         settle_start = time.monotonic()
@@ -1054,14 +1070,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rr-seconds", type=float, default=2.0, help="per round-trip run (2)")
     parser.add_argument("--msg", type=int, default=64, help="round-trip message bytes (64)")
     parser.add_argument("--cps-seconds", type=float, default=2.0, help="per connection run (2)")
-    parser.add_argument("--conns", type=int, default=20_000, help="idle connections bound")
     parser.add_argument(
-        "--hold-seconds", type=float, default=45.0, help="time budget of the idle ramp (45)"
+        "--conns", type=int, default=100_000, help="idle connections bound (100,000)"
+    )
+    parser.add_argument(
+        "--hold-seconds", type=float, default=120.0, help="time budget of the idle ramp (120)"
     )
     parser.add_argument(
         "--hold-reps", type=int, default=None, help="repetitions of the idle ramp (--reps)"
     )
     parser.add_argument("--window", type=int, default=128, help="connects in flight (128)")
+    parser.add_argument(
+        "--release-rate",
+        type=float,
+        default=RELEASE_RATE,
+        help=f"RSTs per second that release the idle connections (default {RELEASE_RATE:,.0f}; "
+        "0: every client closes all of its connections at once)",
+    )
     parser.add_argument(
         "--conns-per-process",
         type=int,
@@ -1126,6 +1151,7 @@ def options_from(args: argparse.Namespace) -> Options:
         hold_reps=min(max(1, args.hold_reps), max(1, args.reps)),
         window=args.window,
         conns_per_process=args.conns_per_process,
+        release_rate=args.release_rate,
         profile_dir=args.profile_dir,
     )
 

@@ -93,6 +93,17 @@ def summarise(records: list[Any]) -> dict[str, dict[str, Any]]:
         summary["conns_held"] = _entry(
             "idle connections held (bound --conns)", "conns", "higher", held
         )
+        summary["hold_ramp_s"] = _entry(
+            "idle ramp, seconds to the held count",
+            "s",
+            "lower",
+            _collect(records, "hold", None, "ramp_wall_seconds"),
+        )
+        left = _collect(records, "hold", None, "left_after_release")
+        if left:
+            summary["left_after_release"] = _entry(
+                "idle connections left after the paced release", "conns", "lower", left
+            )
         summary["mem_per_conn"] = _entry(
             "stack memory per idle connection", "B", "lower", _stack_memory(records)
         )
@@ -210,7 +221,7 @@ def plot(summary: dict[str, dict[str, Any]], path: Path, title: str = "") -> Pat
         ),
         ("64 B round-trip latency", "µs", ["rr_p50_us", "rr_p99_us"], True),
         ("rates", "per second", ["rr_per_s", "cps"], True),
-        ("idle connections held", "connections", ["conns_held"], False),
+        ("idle connections held", "connections", ["conns_held", "left_after_release"], False),
         ("memory per idle connection", "bytes", ["mem_per_conn", "mem_total_per_conn"], False),
     ]
     for ax, (name, unit, keys, log_scale) in zip(axes.flat, groups):
@@ -231,6 +242,8 @@ _SHORT = {
     "rr_per_s": "round trips",
     "cps": "connections",
     "conns_held": "held",
+    "hold_ramp_s": "ramp",
+    "left_after_release": "left after release",
     "mem_per_conn": "stack",
     "mem_total_per_conn": "stack + app",
 }
@@ -241,6 +254,7 @@ _RATIO_NAMES = {
     "rr_per_s": "round trips/s",
     "cps": "connections/s",
     "conns_held": "idle conns held",
+    "hold_ramp_s": "idle ramp time",
     "mem_per_conn": "memory/conn (stack)",
     "mem_total_per_conn": "memory/conn (+ app)",
 }
