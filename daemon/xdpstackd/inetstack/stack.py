@@ -22,6 +22,13 @@ on-link, else the gateway) through the ``ArpCache``, which either knows the MAC,
 the kernel's neighbour table (shared-address mode), or queues the frame while it
 resolves. Frames leave in the order they were produced.
 
+The hot path, an established connection's segments, skips the layering: the stack is
+the ``TcpPeer``'s output (``layer4/tcp/output.py``), each connection gets a flow that
+keeps its next hop's MAC (``ArpCache.usable_mac``) and everything else that does not
+change, and a frame is then one ``struct`` pack of Ethernet + IPv4 + TCP headers with
+both checksums, and one copy of the payload out of the send buffer. Frames for a
+neighbour that is not resolved go the layered way (and queue in the ``ArpCache``).
+
 Time: only the caller's ``now`` is used. ``poll_transmit`` frames TCP output with the
 ``now`` of the latest input or command, which is the time it was produced.
 """
@@ -29,6 +36,7 @@ Time: only the caller's ``now`` is used. ``poll_transmit`` frames TCP output wit
 from __future__ import annotations
 
 import random
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -46,6 +54,11 @@ from xdpstackd.inetstack.layer2.ethernet import (
     mac_to_str,
     parse_ethernet,
 )
+from xdpstackd.inetstack.layer3.checksum import (
+    fold_sum,
+    ones_complement_sum,
+    pseudo_header_sum,
+)
 from xdpstackd.inetstack.layer3.icmp import (
     ICMP_ECHO_REPLY,
     ICMP_ECHO_REQUEST,
@@ -62,6 +75,7 @@ from xdpstackd.inetstack.layer3.ipv4 import (
     ip_to_str,
     parse_ipv4,
 )
+from xdpstackd.inetstack.layer4.tcp.header import build_tcp_segment
 from xdpstackd.inetstack.layer4.tcp.peer import TcpPeer
 
 # RFC 791: every host accepts 576-byte datagrams; below that TCP's MSS gets silly.
@@ -69,6 +83,121 @@ MIN_MTU = 576
 MAX_MTU = 65535
 IPV4_TCP_HEADERS_LEN = 40  # 20-byte IPv4 header + 20-byte TCP header, no options
 ECHO_REPLIES_KEPT = 64
+
+# Ethernet II + IPv4 without options + TCP without options, in one pack
+_FRAME = struct.Struct("!6s6sHBBHHHBBHIIHHIIBBHHH")
+_VERSION_IHL = 0x45
+_DF = 0x4000
+_TCP_DATA_OFFSET = 0x50  # 5 words: no options
+_NEVER = float("-inf")
+
+
+class _FrameOutput:
+    """``InetStack`` as its ``TcpPeer``'s output (``layer4/tcp/output.py``): frames go
+    straight into the stack's transmit list, in the order TCP produces them."""
+
+    __slots__ = ("stack",)
+
+    def __init__(self, stack: InetStack) -> None:
+        self.stack = stack
+
+    def flow(self, local: tuple[int, int], remote: tuple[int, int]) -> _FrameFlow:
+        return _FrameFlow(self.stack, local, remote)
+
+    def raw(self, src_ip: int, dst_ip: int, segment: bytes) -> None:
+        stack = self.stack
+        stack._send_ipv4(src_ip, dst_ip, IPPROTO_TCP, segment, stack._now)
+
+
+class _FrameFlow:
+    """One established connection's frames, built in one go.
+
+    Fixed per connection: both MACs (the next hop's kept until ``ArpCache.usable_mac``'s
+    answer runs out or its ``epoch`` moves), addresses, ports, TTL, and the parts of
+    both checksums they make. Per segment: the IPv4 identification and lengths, the TCP
+    fields, and the one's-complement sum of the payload, taken in C where it lies.
+    Byte for byte the frame ``build_tcp`` + ``build_ipv4`` + ``build_ethernet`` make."""
+
+    __slots__ = (
+        "_arp",
+        "_epoch",
+        "_ip_sum",
+        "_mac",
+        "_next_hop",
+        "_stack",
+        "_tcp_sum",
+        "_ttl",
+        "_tx",
+        "_valid_until",
+        "dst_ip",
+        "dst_port",
+        "src_ip",
+        "src_port",
+    )
+
+    def __init__(self, stack: InetStack, local: tuple[int, int], remote: tuple[int, int]) -> None:
+        self._stack = stack
+        self._arp = stack.arp
+        self._tx = stack._tx
+        self.src_ip, self.src_port = src, sport = local
+        self.dst_ip, self.dst_port = dst, dport = remote
+        self._next_hop = stack.next_hop(dst)  # None: _send_ipv4 counts the drop
+        self._mac = b""
+        self._valid_until = _NEVER
+        self._epoch = -1
+        self._ttl = ttl = stack._ttl
+        self._ip_sum = (
+            (_VERSION_IHL << 8) + _DF + (ttl << 8 | IPPROTO_TCP)
+            + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+        )  # fmt: skip
+        self._tcp_sum = (
+            pseudo_header_sum(src, dst, IPPROTO_TCP, 0) + sport + dport + (_TCP_DATA_OFFSET << 8)
+        )
+
+    def send(
+        self, flags: int, seq: int, ack: int, window: int, payload: bytes | memoryview
+    ) -> None:
+        stack = self._stack
+        now = stack._now
+        if (now >= self._valid_until or self._epoch != self._arp.epoch) and not self._resolve(now):
+            segment = build_tcp_segment(
+                self.src_port, self.dst_port, seq, ack, flags, window, payload,
+                self.src_ip, self.dst_ip,
+            )  # fmt: skip
+            stack._send_ipv4(self.src_ip, self.dst_ip, IPPROTO_TCP, segment, now)
+            return
+        n = len(payload)
+        ident = stack._ip_id
+        stack._ip_id = (ident + 1) & 0xFFFF
+        total = 40 + n
+        i = self._ip_sum + total + ident
+        i = (i & 0xFFFF) + (i >> 16)
+        s = self._tcp_sum + 20 + n + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
+        s += flags + window
+        s = ones_complement_sum(payload, s) if n else fold_sum(s)
+        frame = _FRAME.pack(
+            self._mac, stack.mac, ETHERTYPE_IPV4,
+            _VERSION_IHL, 0, total, ident, _DF, self._ttl, IPPROTO_TCP,
+            ~((i & 0xFFFF) + (i >> 16)) & 0xFFFF, self.src_ip, self.dst_ip,
+            self.src_port, self.dst_port, seq, ack, _TCP_DATA_OFFSET, flags, window,
+            ~s & 0xFFFF, 0,
+        )  # fmt: skip
+        self._tx.append(frame + payload if n else frame)
+        stack.counters["ipv4_packets_out"] += 1
+
+    def _resolve(self, now: float) -> bool:
+        next_hop = self._next_hop
+        if next_hop is None:
+            return False
+        arp = self._arp
+        epoch = arp.epoch
+        usable = arp.usable_mac(next_hop, now)
+        if usable is None:
+            self._valid_until = _NEVER
+            return False
+        self._mac, self._valid_until = usable
+        self._epoch = epoch
+        return True
 
 
 class InetStack:
@@ -146,6 +275,7 @@ class InetStack:
         self._ttl = self.config.ttl
         self._ip_id = 0
         self._now = 0.0
+        self.tcp.output = _FrameOutput(self)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -271,6 +401,13 @@ class InetStack:
         self._send_ipv4(self.ip, src, IPPROTO_ICMP, reply, now)
 
     # ---------------------------------------------------------------------- output
+    def next_hop(self, dst: int) -> int | None:
+        """Where a packet for ``dst`` goes on the link: ``dst`` itself when on-link, else
+        the gateway; None when it cannot be sent (our own address, no route)."""
+        if dst & self.netmask == self.network:
+            return None if dst == self.ip else dst
+        return self.gateway
+
     def _send_ipv4(self, src: int, dst: int, protocol: int, payload: bytes, now: float) -> None:
         if dst & self.netmask == self.network:
             if dst == self.ip:

@@ -29,10 +29,18 @@ for ``arp_request_timeout_s`` the queued frames are dropped, each counted as
 ``arp_drop_unresolved``.
 
 Shared-address mode (``neighbour_lookup`` given): the kernel owns ARP, so no ARP packets
-are sent; the callable (backed by the kernel's neighbour table) is asked instead, once
-per frame, so it must be cheap (the daemon answers from a table it mirrors from netlink),
-and a change in the kernel's table is followed at once. A ``None`` answer queues the frame and the lookup is retried every
+are sent; the callable (backed by the kernel's neighbour table) is asked instead, so it
+must be cheap (the daemon answers from a table it mirrors from netlink). A ``None``
+answer queues the frame and the lookup is retried every
 ``arp_request_timeout_s / LOOKUP_RETRIES_PER_TIMEOUT`` until the same give-up time.
+
+Per-segment use (``usable_mac``): the stack's established connections keep the MAC of
+their next hop and build frames without asking again until the answer's validity ends:
+in owned mode until the entry's refresh is due (or it expires, once the refresh is
+sent), and ``epoch`` moves whenever an entry's MAC changes or entries are purged, which
+invalidates every kept MAC at once; in shared mode for ``NEIGHBOUR_RECHECK_S``, so a
+change in the kernel's table reaches a busy connection within that time (plus the
+daemon's own mirror refresh) while the lookup leaves the per-segment path.
 """
 
 from __future__ import annotations
@@ -67,6 +75,8 @@ MAX_PENDING_NEIGHBOURS = 1024
 ARP_LOCKTIME_S = 1.0
 # Shared mode: how often per arp_request_timeout_s the kernel's table is asked again.
 LOOKUP_RETRIES_PER_TIMEOUT = 10
+# Shared mode: how long a connection may keep using a MAC the lookup returned.
+NEIGHBOUR_RECHECK_S = 0.05
 
 _HDR = struct.Struct("!HHBBH6sI6sI")
 
@@ -168,6 +178,9 @@ class ArpCache:
         self._entries: dict[int, _Entry] = {}
         self._pending: dict[int, _Pending] = {}
         self._purge_at = 0.0
+        #: moves when a kept MAC may have become wrong (an entry changed its MAC, or
+        #: entries were purged): what callers of ``usable_mac`` compare to drop theirs
+        self.epoch = 0
 
     # ------------------------------------------------------------------ lookups
     def lookup(self, ip: int, now: float) -> bytes | None:
@@ -190,24 +203,37 @@ class ArpCache:
         return {ip: len(p.frames) for ip, p in self._pending.items()}
 
     # ------------------------------------------------------------------ sending
-    def send(self, next_hop_ip: int, ethertype: int, payload: bytes, now: float) -> None:
-        """Frame ``payload`` for ``next_hop_ip`` into ``tx``, or queue it until resolved."""
+    def usable_mac(self, next_hop_ip: int, now: float) -> tuple[bytes, float] | None:
+        """The MAC to send to now, and until when it may be used without asking again
+        (unless ``epoch`` moves); None when a frame has to go through ``send`` (queued
+        while the neighbour resolves). Like ``send``, it sends an entry's refresh
+        request when that is due."""
         lookup = self.neighbour_lookup
         if lookup is not None:
-            pending = self._pending.get(next_hop_ip)
-            mac = lookup(next_hop_ip) if pending is None else None
-            if mac is not None:
-                self.tx.append(build_ethernet(mac, self.mac, ethertype, payload))
-                return
-        else:
-            entry = self._entries.get(next_hop_ip)
-            if entry is not None and now < entry.expires_at:
-                if not entry.refresh_sent and now >= entry.expires_at - self.refresh_window_s:
-                    entry.refresh_sent = True
-                    self._send_request(next_hop_ip, entry.mac)
-                self.tx.append(build_ethernet(entry.mac, self.mac, ethertype, payload))
-                return
-            pending = self._pending.get(next_hop_ip)
+            if next_hop_ip in self._pending:
+                return None  # frames already wait: the next ones queue behind them
+            mac = lookup(next_hop_ip)
+            if mac is None:
+                return None
+            return mac, now + NEIGHBOUR_RECHECK_S
+        entry = self._entries.get(next_hop_ip)
+        if entry is None or now >= entry.expires_at:
+            return None
+        if not entry.refresh_sent:
+            refresh_at = entry.expires_at - self.refresh_window_s
+            if now < refresh_at:
+                return entry.mac, refresh_at
+            entry.refresh_sent = True
+            self._send_request(next_hop_ip, entry.mac)
+        return entry.mac, entry.expires_at
+
+    def send(self, next_hop_ip: int, ethertype: int, payload: bytes, now: float) -> None:
+        """Frame ``payload`` for ``next_hop_ip`` into ``tx``, or queue it until resolved."""
+        usable = self.usable_mac(next_hop_ip, now)
+        if usable is not None:
+            self.tx.append(build_ethernet(usable[0], self.mac, ethertype, payload))
+            return
+        pending = self._pending.get(next_hop_ip)
         if pending is None:
             if len(self._pending) >= MAX_PENDING_NEIGHBOURS:
                 self.counters["arp_drop_too_many_pending"] += 1
@@ -301,6 +327,8 @@ class ArpCache:
                     return
             self._entries[ip] = _Entry(mac, now + self.ttl_s, now)
         else:
+            if entry.mac != mac:
+                self.epoch += 1
             entry.mac = mac
             entry.updated_at = now
             entry.expires_at = now + self.ttl_s
@@ -352,6 +380,8 @@ class ArpCache:
         expired = [ip for ip, e in self._entries.items() if now >= e.expires_at]
         for ip in expired:
             del self._entries[ip]
+        if expired:
+            self.epoch += 1
         self._purge_at = now + self.ttl_s
 
     def __repr__(self) -> str:

@@ -44,6 +44,15 @@ def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) ->
     return ~ones_complement_sum(data, initial) & 0xFFFF
 
 
+def fold_sum(value: int) -> int:
+    """A sum of 16-bit words below 2**32 folded to 16 bits with end-around carries: the
+    same value ``ones_complement_sum`` gives for it (0 only when ``value`` is 0).
+
+    Lets a header summed as ints in Python skip the call when there is no payload."""
+    value = (value & 0xFFFF) + (value >> 16)
+    return (value & 0xFFFF) + (value >> 16)
+
+
 def pseudo_header_sum(src: int, dst: int, protocol: int, length: int) -> int:
     """Folded sum of the IPv4 pseudo-header (src, dst, zero, protocol, L4 length)."""
     total = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + protocol + length

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 
 from xdpstackd.inetstack.errors import ChecksumError, ParseError
-from xdpstackd.inetstack.layer3.checksum import ones_complement_sum, pseudo_header_sum
+from xdpstackd.inetstack.layer3.checksum import fold_sum, ones_complement_sum, pseudo_header_sum
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
 IPPROTO_TCP = 6
@@ -37,6 +37,7 @@ MAX_WINDOW_SCALE = 14  # RFC 7323 2.3
 
 _HDR = struct.Struct("!HHIIBBHHH")
 _TWO_U32 = struct.Struct("!II")
+_DATA_OFFSET_5 = 0x5000  # the data offset byte of an option-less header, as the high half
 _FLAG_NAMES = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"))
 
 
@@ -259,6 +260,40 @@ def build_options(opts: TcpOptions | None) -> bytes:
     if len(out) > 40:
         raise ValueError(f"TCP options take {len(out)} bytes, at most 40 fit")
     return bytes(out)
+
+
+def build_tcp_segment(
+    src_port: int,
+    dst_port: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    payload: bytes | bytearray | memoryview,
+    src_ip: int,
+    dst_ip: int,
+) -> bytes:
+    """A segment without options, byte for byte what ``build_tcp`` makes of the same
+    header: the established path's builder, so no ``TcpHeader`` and no second copy.
+
+    The checksum is summed from the header fields as ints and the payload where it lies
+    (the send buffer), so the payload is copied exactly once, into the result."""
+    n = len(payload)
+    total = TCP_MIN_HEADER_LEN + n
+    s = (
+        pseudo_header_sum(src_ip, dst_ip, IPPROTO_TCP, total)
+        + src_port
+        + dst_port
+        + (seq >> 16)
+        + (seq & 0xFFFF)
+        + (ack >> 16)
+        + (ack & 0xFFFF)
+        + (_DATA_OFFSET_5 | flags)
+        + window
+    )
+    s = ones_complement_sum(payload, s) if n else fold_sum(s)
+    header = _HDR.pack(src_port, dst_port, seq, ack, 0x50, flags, window, ~s & 0xFFFF, 0)
+    return header + payload if n else header
 
 
 def build_tcp(

@@ -40,6 +40,7 @@ from xdpstackd.inetstack.layer4.tcp.header import (
     parse_tcp,
 )
 from xdpstackd.inetstack.layer4.tcp.isn_generator import IsnGenerator
+from xdpstackd.inetstack.layer4.tcp.output import SegmentOutput, TcpOutput
 from xdpstackd.inetstack.layer4.tcp.passive_open import HalfOpenConnection, PassiveSocket
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 from xdpstackd.inetstack.layer4.tcp.socket import SocketOptions, SocketState, TcpSocket
@@ -96,6 +97,9 @@ class TcpPeer:
         self.conn_port_refs: _Counter[int] = _Counter()
         self.conn_port_of: dict[int, int] = {}  # id(accepted conn) -> its local port
         self.outbox: list[tuple[int, int, bytes]] = []
+        #: where segments go: the outbox by default; ``InetStack`` puts its frame output
+        #: here before any connection exists (connections take their flow from it)
+        self.output: TcpOutput = SegmentOutput(self.outbox)
         self.completions: list[Completion] = []
         self.limiter = ChallengeAckLimiter(config.challenge_ack_per_s)
         self._timers: list[tuple[float, int, Connection]] = []
@@ -612,7 +616,7 @@ class TcpPeer:
             advertised_window=min(options.recv_buffer_bytes, 0xFFFF),
             handshake_rtt_s=handshake_rtt_s,
             now=now,
-            outbox=self.outbox,
+            output=self.output,
             completions=self.completions,
             counters=self.counters,
             limiter=self.limiter,
@@ -620,7 +624,7 @@ class TcpPeer:
         )
 
     def _emit_raw(self, local_ip: int, remote_ip: int, hdr: TcpHeader) -> None:
-        self.outbox.append((local_ip, remote_ip, build_tcp(hdr, b"", local_ip, remote_ip)))
+        self.output.raw(local_ip, remote_ip, build_tcp(hdr, b"", local_ip, remote_ip))
         self.counters["tcp_segments_out"] += 1
 
     def _schedule(self, conn: Connection) -> None:

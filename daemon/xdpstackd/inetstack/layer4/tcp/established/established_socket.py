@@ -33,19 +33,12 @@ from xdpstackd.inetstack.layer4.tcp.established.ordered_delivery import OrderedD
 from xdpstackd.inetstack.layer4.tcp.established.retransmitter import retransmit_head
 from xdpstackd.inetstack.layer4.tcp.established.rto import RtoCalculator
 from xdpstackd.inetstack.layer4.tcp.established.sender import send_pending
-from xdpstackd.inetstack.layer4.tcp.header import (
-    ACK,
-    MAX_WINDOW_SCALE,
-    RST,
-    TcpHeader,
-    build_tcp,
-)
+from xdpstackd.inetstack.layer4.tcp.header import ACK, MAX_WINDOW_SCALE, RST, TcpHeader
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
 if TYPE_CHECKING:
+    from xdpstackd.inetstack.layer4.tcp.output import TcpOutput
     from xdpstackd.inetstack.layer4.tcp.socket import SocketOptions
-
-Outbox = list[tuple[int, int, bytes]]
 
 # Linux's tcp_invalid_ratelimit: one ACK per half second for bare out-of-window segments
 INVALID_ACK_INTERVAL_S = 0.5
@@ -93,10 +86,10 @@ class EstablishedSocket:
         "config",
         "conn_id",
         "counters",
+        "flow",
         "limiter",
         "local",
         "on_released",
-        "outbox",
         "pending_pops",
         "pending_pushes",
         "qd",
@@ -110,7 +103,7 @@ class EstablishedSocket:
         cb: ControlBlock,
         *,
         config: TcpConfig,
-        outbox: Outbox,
+        output: TcpOutput,
         completions: list[Completion],
         counters: Counters,
         limiter: ChallengeAckLimiter,
@@ -120,7 +113,7 @@ class EstablishedSocket:
         self.config = config
         self.local = cb.cm.local
         self.remote = cb.cm.remote
-        self.outbox = outbox
+        self.flow = output.flow(self.local, self.remote)
         self.completions = completions
         self.counters = counters
         self.limiter = limiter
@@ -152,7 +145,7 @@ class EstablishedSocket:
         advertised_window: int,
         handshake_rtt_s: float | None,
         now: float,
-        outbox: Outbox,
+        output: TcpOutput,
         completions: list[Completion],
         counters: Counters,
         limiter: ChallengeAckLimiter,
@@ -202,7 +195,7 @@ class EstablishedSocket:
         return cls(
             cb,
             config=config,
-            outbox=outbox,
+            output=output,
             completions=completions,
             counters=counters,
             limiter=limiter,
@@ -375,25 +368,20 @@ class EstablishedSocket:
             self._release()
 
     def emit(self, flags: int, seq: SeqNumber, payload: bytes | memoryview) -> None:
-        """Put one segment in the outbox; every segment carries our ACK and window."""
+        """Send one segment through the flow; every segment carries our ACK and window."""
         cb = self.cb
         rod = cb.rod
-        local_ip, local_port = self.local
-        remote_ip, remote_port = self.remote
-        window = cb.fc.advertise(rod) if flags & ACK else 0
-        hdr = TcpHeader(local_port, remote_port, seq, rod.rcv_nxt, flags, window)
-        self.outbox.append((local_ip, remote_ip, build_tcp(hdr, payload, local_ip, remote_ip)))
-        self.counters["tcp_segments_out"] += 1
         if flags & ACK:
+            self.flow.send(flags, seq.value, rod.rcv_nxt.value, cb.fc.advertise(rod), payload)
             rod.on_ack_sent()
             self._acked_this_round = True
+        else:
+            self.flow.send(flags, seq.value, rod.rcv_nxt.value, 0, payload)
+        self.counters["tcp_segments_out"] += 1
 
     def _send_rst(self) -> None:
         rod = self.cb.rod
-        local_ip, local_port = self.local
-        remote_ip, remote_port = self.remote
-        hdr = TcpHeader(local_port, remote_port, rod.snd_max, rod.rcv_nxt, RST | ACK, 0)
-        self.outbox.append((local_ip, remote_ip, build_tcp(hdr, b"", local_ip, remote_ip)))
+        self.flow.send(RST | ACK, rod.snd_max.value, rod.rcv_nxt.value, 0, b"")
         self.counters["tcp_segments_out"] += 1
         self.counters["tcp_resets_out"] += 1
 
