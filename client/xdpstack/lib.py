@@ -329,15 +329,24 @@ class Lib:
             raise ValueError(f"unknown queue token {qt!r} (never issued, or already waited)")
         return token.done
 
-    def close(self, qd: int) -> None:
-        """Graceful close (FIN after queued data; RST if unread data is left, as Linux)."""
+    def close(self, qd: int, *, wait: bool = True) -> None:
+        """Graceful close (FIN after queued data; RST if unread data is left, as Linux).
+        ``wait=False``: do not wait for the daemon's answer (an error, EBADF for a
+        descriptor that is not ours, is not reported)."""
         self._qds.discard(qd)
-        self._call(lambda rid: P.request_qd(P.Op.CLOSE, rid, qd))
+        self._close_op(P.Op.CLOSE, qd, wait)
 
-    def abort(self, qd: int) -> None:
-        """Hard close: RST now."""
+    def abort(self, qd: int, *, wait: bool = True) -> None:
+        """Hard close: RST now. ``wait`` as for :meth:`close`."""
         self._qds.discard(qd)
-        self._call(lambda rid: P.request_qd(P.Op.ABORT, rid, qd))
+        self._close_op(P.Op.ABORT, qd, wait)
+
+    def _close_op(self, op: P.Op, qd: int, wait: bool) -> None:
+        if wait:
+            self._call(lambda rid: P.request_qd(op, rid, qd))
+        else:
+            self._check_usable()
+            self._send([P.request_qd(op, 0, qd, P.F_NOREPLY)])
 
     def shutdown(self, qd: int) -> None:
         """Stop sending (SHUT_WR): FIN after queued data; receiving goes on."""
@@ -349,13 +358,21 @@ class Lib:
     def getpeername(self, qd: int) -> Address:
         return self._call(lambda rid: P.request_qd(P.Op.GETPEERNAME, rid, qd))
 
-    def setsockopt(self, qd: int, name: str | int, value: int | float | bool) -> None:
+    def setsockopt(
+        self, qd: int, name: str | int, value: int | float | bool, *, wait: bool = True
+    ) -> None:
+        """``wait=False``: do not wait for the daemon's answer (an error is not
+        reported: for a value that cannot fail, such as TCP_NODELAY 0 or 1)."""
         if isinstance(value, bool):
             value = int(value)
         if not isinstance(value, int | float):
             raise TypeError(f"option value must be an int or a float, got {value!r}")
         opt = _option_name(name)
-        self._call(lambda rid: P.request_setsockopt(rid, qd, opt, value))
+        if wait:
+            self._call(lambda rid: P.request_setsockopt(rid, qd, opt, value))
+        else:
+            self._check_usable()
+            self._send([P.request_setsockopt(0, qd, opt, value, P.F_NOREPLY)])
 
     def getsockopt(self, qd: int, name: str | int) -> int | float:
         opt = _option_name(name)
@@ -502,10 +519,7 @@ class Lib:
         orphans, self._orphans = self._orphans, []
         for qd in orphans:
             if qd in self._qds:
-                try:
-                    self.close(qd)
-                except OSError:
-                    pass
+                self.close(qd, wait=False)
 
     def _new_token(self, opcode: OpCode, qd: int) -> _Token:
         self._check_usable()

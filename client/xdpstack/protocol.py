@@ -50,6 +50,11 @@ Requests without a reply (:data:`F_QT`)
     where a limit could refuse a call, it uses the replied form, so that the refusal
     comes back at once.
 
+    CLOSE, ABORT and SETSOCKOPT with :data:`F_NOREPLY` get no reply either (the payload
+    as without it); a failure is counted by the daemon, not reported. For calls that
+    cannot fail as the client makes them (closing a descriptor it holds, TCP_NODELAY on
+    or off), so that they cost no wait.
+
 Tagged values (REPLY payloads, SETSOCKOPT values)
     u8 tag, then: NONE nothing; INT i64; FLOAT f64; ADDR 4 bytes + u16; JSON / STR UTF-8.
 
@@ -127,6 +132,8 @@ F_END = 0x0002
 # REQUEST (ACCEPT, CONNECT, PUSH, POP): the payload starts with the client's u64 queue
 # token and no reply comes, only that token's COMPLETION.
 F_QT = 0x0004
+# REQUEST (CLOSE, ABORT, SETSOCKOPT): no reply; a failure is counted, not reported.
+F_NOREPLY = 0x0008
 
 
 class FrameType(enum.IntEnum):
@@ -471,8 +478,8 @@ def request(op: int, request_id: int, payload: bytes = b"", flags: int = 0) -> b
     return encode_frame(FrameType.REQUEST, op, request_id, payload, flags)
 
 
-def request_qd(op: int, request_id: int, qd: int) -> bytes:
-    return request(op, request_id, _QD.pack(_check_u32(qd, "qd")))
+def request_qd(op: int, request_id: int, qd: int, flags: int = 0) -> bytes:
+    return request(op, request_id, _QD.pack(_check_u32(qd, "qd")), flags)
 
 
 def request_addr(op: int, request_id: int, qd: int, addr: Any) -> bytes:
@@ -537,9 +544,9 @@ def _encode_option_name(name: str) -> bytes:
     return _U8.pack(len(raw)) + raw
 
 
-def request_setsockopt(request_id: int, qd: int, name: str, value: Any) -> bytes:
+def request_setsockopt(request_id: int, qd: int, name: str, value: Any, flags: int = 0) -> bytes:
     payload = _QD.pack(_check_u32(qd, "qd")) + _encode_option_name(name) + encode_value(value)
-    return request(Op.SETSOCKOPT, request_id, payload)
+    return request(Op.SETSOCKOPT, request_id, payload, flags)
 
 
 def request_getsockopt(request_id: int, qd: int, name: str) -> bytes:
@@ -575,6 +582,8 @@ def _decode_option_name(payload: bytes | memoryview, op: Op) -> tuple[str, int]:
 
 #: The ops that may carry :data:`F_QT`.
 QT_OPS = frozenset({Op.ACCEPT, Op.CONNECT, Op.PUSH, Op.POP})
+#: The ops that may carry :data:`F_NOREPLY`.
+NOREPLY_OPS = frozenset({Op.CLOSE, Op.ABORT, Op.SETSOCKOPT})
 
 
 def decode_request_qt(frame: Frame) -> tuple[Op, int | None, tuple[Any, ...]]:
@@ -583,6 +592,8 @@ def decode_request_qt(frame: Frame) -> tuple[Op, int | None, tuple[Any, ...]]:
     :func:`decode_request` gives them. ``F_QT`` on another op -> ProtocolError(EINVAL)."""
     if not frame.flags & F_QT:
         op, args = decode_request(frame)
+        if frame.flags & F_NOREPLY and op not in NOREPLY_OPS:
+            raise ProtocolError(f"F_NOREPLY on {op.name}, which is answered")
         return op, None, args
     op = _OPS.get(frame.op)
     if op not in QT_OPS:

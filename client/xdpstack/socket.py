@@ -150,6 +150,10 @@ for _name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT"):
 del _name
 
 
+#: Options that are flags: set without waiting for the daemon.
+_FLAG_OPTIONS = frozenset({"TCP_NODELAY", "SO_KEEPALIVE"})
+
+
 def stack_option(level: int, optname: int) -> str:
     """The stack's name for ``(level, optname)``; ``OSError(ENOPROTOOPT)`` if it has none."""
     name = _STACK_OPTIONS.get((level, optname))
@@ -567,7 +571,8 @@ class socket:  # the standard library's name
             for qt in tokens:
                 lib.discard(qt)
             # Received data left unread: RST, as Linux (the stack would, had it kept it).
-            (lib.abort if reset else lib.close)(qd)
+            # No wait for the daemon: close's only error, EBADF, cannot happen here.
+            (lib.abort if reset else lib.close)(qd, wait=False)
 
         try:
             shared.call(close)
@@ -1010,7 +1015,13 @@ class socket:  # the standard library's name
         if (level, optname) == (SOL_SOCKET, SO_REUSEADDR):
             self._reuseaddr = int(bool(number))
             return
-        self._call(self._shared.lib.setsockopt, stack_option(level, optname), number)
+        name = stack_option(level, optname)
+        if name in _FLAG_OPTIONS:
+            # A flag cannot fail on a descriptor we hold: no wait for the daemon.
+            qd, lib, flag = self._check(), self._shared.lib, int(bool(number))
+            self._shared.call(lambda: lib.setsockopt(qd, name, flag, wait=False))
+            return
+        self._call(self._shared.lib.setsockopt, name, number)
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
         self._check()

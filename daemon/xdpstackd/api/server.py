@@ -377,9 +377,17 @@ class ApiServer:
             session.qds.add(new_qd)
             self._qd_owner[new_qd] = session
         self.counters["completions_routed"] += 1
-        session.writelines(
-            P.completion_frame(wire_qt, c.qd, int(c.opcode), c.errno, c.data or b"", c.addr, new_qd)
+        frames = P.completion_frame(
+            wire_qt, c.qd, int(c.opcode), c.errno, c.data or b"", c.addr, new_qd
         )
+        if (c.opcode == _PUSH and not c.errno) or (
+            c.errno == errno.ECANCELED and c.qd not in session.qds
+        ):
+            # Nobody waits for it as a rule (a push done; an operation cancelled by the
+            # client's own close): it goes out with the session's next frame.
+            session.write_lazy(frames)
+        else:
+            session.writelines(frames)
 
     def _flush_held(self) -> None:
         held, self._held = self._held, []
@@ -411,6 +419,12 @@ class ApiServer:
             return
         if wire_qt is not None:
             self._handle_no_reply(session, op, wire_qt, handler, args)
+            return
+        if frame.flags & P.F_NOREPLY:  # CLOSE, ABORT, SETSOCKOPT: a failure only counted
+            try:
+                handler(session, *args)
+            except Exception:
+                self.counters["request_errors"] += 1
             return
         self._in_call = True
         self._request_id = rid
@@ -740,6 +754,7 @@ class ApiServer:
             del self._captures[session.id]
 
 
+_PUSH = int(P.OpCode.PUSH)
 _OPCODE_OF = {
     P.Op.ACCEPT: int(P.OpCode.ACCEPT),
     P.Op.CONNECT: int(P.OpCode.CONNECT),

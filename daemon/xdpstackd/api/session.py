@@ -11,7 +11,9 @@ collected and go out in one ``writelines`` -- at the end of the read that carrie
 requests (every complete request in it is handled first), or, for completions that come
 from the network, in a ``call_soon`` once per loop iteration. One ``send`` per iteration
 instead of one per frame: the daemon's share in writes and the client's wake-ups both
-drop.
+drop. A successful push's completion is *lazy*: it waits for the session's next other
+frame (a client pushing and popping gets it with the pop's data) or :data:`LAZY_FLUSH_S`,
+whichever comes first, so it does not wake a client that is waiting for something else.
 
 Back-pressure: the transport's write buffer has a high-water mark; above it the session
 stops reading the client's requests (``pause_reading``) until the client has read its
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
+#: Longest a lazy frame (a push's completion) waits for company before it goes alone.
+LAZY_FLUSH_S = 0.001
+
 
 class Session(asyncio.Protocol):
     def __init__(self, server: ApiServer, client_id: int) -> None:
@@ -62,6 +67,8 @@ class Session(asyncio.Protocol):
         self._out_bytes = 0
         self._corked = False  # in data_received: flushed at its end
         self._flush_handle: asyncio.Handle | None = None
+        self._eager = False  # _out holds a frame that is not lazy
+        self._lazy_handle: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -170,6 +177,7 @@ class Session(asyncio.Protocol):
             return
         self._out.append(data)
         self._out_bytes += len(data)
+        self._eager = True
         if self._out_bytes > self.server.write_hard_limit:
             self._check_hard_limit(self.transport)
         elif not self._corked and self._flush_handle is None:
@@ -183,20 +191,43 @@ class Session(asyncio.Protocol):
         for data in buffers:
             out.append(data)
             self._out_bytes += len(data)
+        self._eager = True
         if self._out_bytes > self.server.write_hard_limit:
             self._check_hard_limit(self.transport)
         elif not self._corked and self._flush_handle is None:
             self._flush_handle = self.server.loop.call_soon(self.flush)
 
+    def write_lazy(self, buffers: list[bytes]) -> None:
+        """Queue frames nobody waits for as a rule: they go out with the next other frame,
+        or after LAZY_FLUSH_S."""
+        if self.closed or self.transport is None:
+            return
+        out = self._out
+        for data in buffers:
+            out.append(data)
+            self._out_bytes += len(data)
+        if self._lazy_handle is None and not self._eager:
+            self._lazy_handle = self.server.loop.call_later(LAZY_FLUSH_S, self._flush_lazy)
+
+    def _flush_lazy(self) -> None:
+        self._lazy_handle = None
+        self._eager = True
+        self.flush()
+
     def flush(self) -> None:
-        """Hand the queued frames to the transport: one ``send`` for all of them."""
+        """Hand the queued frames to the transport: one ``send`` for all of them (only
+        lazy ones: they wait, see write_lazy)."""
         handle, self._flush_handle = self._flush_handle, None
         if handle is not None:
             handle.cancel()
         out = self._out
         transport = self.transport
-        if not out or self.closed or transport is None:
+        if not out or self.closed or transport is None or not self._eager:
             return
+        self._eager = False
+        lazy, self._lazy_handle = self._lazy_handle, None
+        if lazy is not None:
+            lazy.cancel()
         self._out = []
         self._out_bytes = 0
         if len(out) == 1:
@@ -233,11 +264,13 @@ class Session(asyncio.Protocol):
         if self.closed:
             return
         if not abort and self._out and self.transport is not None:
+            self._eager = True
             self.flush()  # a final error frame goes out before the close
         self.closed = True
-        handle, self._flush_handle = self._flush_handle, None
-        if handle is not None:
-            handle.cancel()
+        for handle in (self._flush_handle, self._lazy_handle):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._lazy_handle = None
         self._out = []
         transport = self.transport
         if transport is not None:
