@@ -2,14 +2,30 @@
 
 It is the only place where the stack meets real time and real I/O. Three event
 sources drive it: the datapath's file descriptor (frames arrive), the API server's
-calls (applications act), and one timer armed at the stack's next deadline. After each
-of them it runs the same epilogue, in this order:
+calls (applications act), and one timer armed at the stack's next deadline. Each of
+them is followed by the same epilogue, in this order:
 
 1. steering: make the XDP program's map equal the stack's ports *before* any frame goes
    out, so a SYN-ACK answering our SYN can never reach the kernel first;
-2. transmit every frame the stack produced, as one batch;
+2. transmit every frame the stack produced, as one batch (one tx kick);
 3. hand every completion to the API server;
 4. re-arm the timer if the next deadline moved.
+
+Frame arrivals and timers run the epilogue at once. API calls hand over their
+completions at once (so the API server sees a client's completions, and its output grow,
+request by request) and only mark the engine dirty for the rest: the first call of a loop
+iteration schedules one epilogue with ``call_soon``, so all the calls of an iteration
+(many clients' requests read in one batch) share one steering check, one tx batch and
+one kick, and one timer re-arm. A call still returns its value at once; its frames
+follow in the same loop iteration. Whatever runs the epilogue first (an rx wakeup in
+between) takes the dirty work with it. The one way out of the stack for frames is the
+epilogue, so steering always comes first.
+
+Received frames are drained from the datapath into memory (``rx_backlog``, bounded)
+before each batch is processed, so that the AF_XDP fill ring gets its frames back while
+the stack is busy: a burst is held here instead of dropped by the kernel. Frames the
+datapath could not send yet (its transmit queue) are retried on every epilogue and, while
+any wait, on a short timer.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,12 +47,21 @@ log = logging.getLogger(__name__)
 
 RX_BATCH_FRAMES = 64
 RX_BATCHES_PER_WAKEUP = 16  # then yield to the loop so API clients and timers get a turn
+#: Received frames held in memory, waiting for the stack, at most: beyond it the rings
+#: are left to fill and the kernel drops (counted in its XDP statistics). About a second
+#: of the stack's work on small frames.
+RX_BACKLOG_FRAMES = 32768
+#: While frames wait in the datapath's transmit queue, retry after this long.
+TX_RETRY_S = 0.001
 
 
 Tap = Callable[[str, bytes, float], None]
 
 
 class Datapath(Protocol):
+    """What the engine needs of a datapath. Optionally also ``flush() -> int``: send what
+    waits in a transmit queue, return how many frames still wait (XskSocket)."""
+
     def fileno(self) -> int: ...
     def receive(self, max_frames: int = 64) -> list[bytes]: ...
     def transmit(self, frames: list[bytes]) -> int: ...
@@ -66,7 +92,17 @@ class Engine:
         self._ports_version = -1
         self._steered: set[int] = set()
         self._running = False
+        self._dirty = False  # an API call ran; its epilogue is scheduled
         self.wakeups = 0
+        self.epilogues = 0
+        # received frames not yet handed to the stack, as the datapath's batches
+        self._rx_backlog: deque[list[bytes]] = deque()
+        self._rx_backlog_frames = 0
+        self._rx_again: asyncio.Handle | None = None
+        self.rx_backlog_peak = 0
+        self._flush_tx: Callable[[], int] | None = getattr(datapath, "flush", None)
+        self._tx_waiting = 0
+        self._tx_retry: asyncio.TimerHandle | None = None
         # capture taps (xdpstackctl capture): called with ("in" | "out", frame, wall time);
         # an empty tuple costs one truth test per batch when nobody captures
         self._taps: tuple[Tap, ...] = ()
@@ -80,32 +116,66 @@ class Engine:
     def stop(self) -> None:
         if not self._running:
             return
+        if self._dirty:
+            self._epilogue()  # the last calls' frames (the RSTs of a shutdown) go out
+        self._flush_before_stop()
         self._running = False
         self.loop.remove_reader(self.datapath.fileno())
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._tx_retry, self._rx_again):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._tx_retry = self._rx_again = None
         if self.xdp is not None:
             for port in sorted(self._steered):
                 self.xdp.steer_remove(self.stack.ip, port)
         self._steered.clear()
 
+    def _flush_before_stop(self, budget_s: float = 0.5) -> None:
+        """Give the transmit queue a last chance (shutdown: nothing will retry it)."""
+        flush = self._flush_tx
+        if flush is None:
+            return
+        deadline = time.monotonic() + budget_s
+        while flush() and time.monotonic() < deadline:
+            time.sleep(0.001)
+
     # -- event sources ------------------------------------------------------------------
     def _on_readable(self) -> None:
         self.wakeups += 1
-        receive = self.datapath.receive
+        self._rx_again = None
         stack = self.stack
+        backlog = self._rx_backlog
         now = self.clock()
         for _ in range(RX_BATCHES_PER_WAKEUP):
-            frames = receive(RX_BATCH_FRAMES)
-            if not frames:
+            self._drain_rx()
+            if not backlog:
                 break
+            frames = backlog.popleft()
+            self._rx_backlog_frames -= len(frames)
             if self._taps:
                 self._tap("in", frames)
             stack.receive_frames(frames, now)
+        self._epilogue()
+        if backlog and self._rx_again is None and self._running:
+            # the rings may be empty now, so the descriptor would not call us again
+            self._rx_again = self.loop.call_soon(self._on_readable)
+
+    def _drain_rx(self) -> None:
+        """Take every frame waiting in the datapath (up to the backlog's bound) into the
+        backlog, so that the datapath can reuse its buffers (AF_XDP: refill the fill ring)
+        before the stack gets to them."""
+        receive = self.datapath.receive
+        backlog = self._rx_backlog
+        while self._rx_backlog_frames < RX_BACKLOG_FRAMES:
+            frames = receive(RX_BATCH_FRAMES)
+            if not frames:
+                break
+            backlog.append(frames)
+            self._rx_backlog_frames += len(frames)
             if len(frames) < RX_BATCH_FRAMES:
                 break
-        self._epilogue()
+        if self._rx_backlog_frames > self.rx_backlog_peak:
+            self.rx_backlog_peak = self._rx_backlog_frames
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -121,7 +191,23 @@ class Engine:
             )
         self._epilogue()
 
+    def _mark_dirty(self) -> None:
+        """An API call changed the stack: one epilogue for all of this loop iteration's."""
+        if not self._dirty:
+            self._dirty = True
+            self.loop.call_soon(self._on_dirty)
+
+    def _on_dirty(self) -> None:
+        if self._dirty:  # else an rx wakeup or a timer ran the epilogue meanwhile
+            self._epilogue()
+
+    def _on_tx_retry(self) -> None:
+        self._tx_retry = None
+        self._epilogue()
+
     def _epilogue(self) -> None:
+        self._dirty = False
+        self.epilogues += 1
         stack = self.stack
         if stack.tcp.ports_version != self._ports_version:
             self._sync_steering()
@@ -130,6 +216,10 @@ class Engine:
             if self._taps:
                 self._tap("out", frames)
             self.datapath.transmit(frames)
+        if self._flush_tx is not None and (frames or self._tx_waiting):
+            self._tx_waiting = waiting = self._flush_tx()
+            if waiting and self._tx_retry is None and self._running:
+                self._tx_retry = self.loop.call_later(TX_RETRY_S, self._on_tx_retry)
         completions = stack.poll_completions()
         if completions:
             sink = self.completion_sink
@@ -188,7 +278,15 @@ class Engine:
         try:
             return fn(*args)
         finally:
-            self._epilogue()
+            if self._running:
+                completions = self.stack.poll_completions()
+                if completions:
+                    sink = self.completion_sink
+                    for completion in completions:
+                        sink(completion)
+                self._mark_dirty()
+            else:  # not started (or stopped): nothing will run the loop's epilogue
+                self._epilogue()
 
     def socket(self) -> int:
         return self.stack.socket()
@@ -262,6 +360,9 @@ class Engine:
             "sockets": len(self.stack.tcp.sockets),
             "steered_ports": sorted(self._steered),
             "wakeups": self.wakeups,
+            "epilogues": self.epilogues,
+            "rx_backlog": self._rx_backlog_frames,
+            "rx_backlog_peak": self.rx_backlog_peak,
             "uptime_s": time.time() - self.started_at,
         }
         if self.xdp is not None:

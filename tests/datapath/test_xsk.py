@@ -436,27 +436,142 @@ def test_bulk_both_ways_returns_every_frame(link: Link) -> None:
 
 @integration
 def test_overload_drops_are_counted_and_leak_nothing(link: Link) -> None:
-    """More frames than the rings hold, in both directions, without draining."""
+    """More frames than the rings hold, in both directions, without draining: reception
+    drops in the kernel (counted); transmission drops nothing (kicks and reclaims make
+    room as the kernel sends)."""
     with xsk_with_program(link, "native", mode="copy", frames=256, ring_size=64) as sock:
         start = sock.stats()
-        assert start["fill_target"] == 64 and start["free_frames"] == 192
+        # reception may hold 128 (fill + rx ring, 256 less a ring for tx); the fill ring
+        # holds 64 of them now
+        assert start["fill_target"] == 128 and start["rx_outstanding"] == 64
+        assert start["free_frames"] == 192
         peer = Peer(link)
         try:
             peer.send([tcp_frame(link, i) for i in range(300)])
             got = receive_n(sock, 300, timeout=0.5)
             assert 0 < len(got) < 300
-            queued = sock.transmit([xsk_frame(link, i) for i in range(1000)])
-            assert 0 < queued < 1000
-            captured = peer.capture(queued, timeout=2.0)
-            assert len(captured) == queued
+            out = [xsk_frame(link, i) for i in range(500)]
+            assert sock.transmit(out) == 500
+            assert sock.flush() == 0
+            assert peer.capture(500, timeout=2.0) == out
         finally:
             peer.close()
         stats = wait_quiet(sock)
         assert stats["kernel_rx_dropped"] + stats["kernel_rx_ring_full"] > 0
-        assert stats["tx_dropped"] == 1000 - queued
-        assert stats["tx_no_frame"] + stats["tx_ring_full"] == 1000 - queued
-        assert stats["free_frames"] == start["free_frames"]
-        assert stats["rx_outstanding"] == start["rx_outstanding"]
+        assert stats["tx_dropped"] == 0 and stats["tx_queue_dropped"] == 0
+        assert stats["tx"] == 500
+        assert stats["free_frames"] + stats["rx_outstanding"] == 256
+        assert stats["rx_outstanding"] <= stats["fill_target"]
+        sock.audit()
+
+
+@integration
+def test_frames_without_room_wait_in_the_transmit_queue_and_all_go_out_later(
+    link: Link,
+) -> None:
+    """The kernel takes nothing while the link is down: 64 frames fill the tx ring, the
+    other 536 wait in the transmit queue instead of being dropped; once the link is up,
+    flush() sends every one, in order."""
+    with link.x(), XskSocket(link.if_x, 0, mode="copy", frames=256, ring_size=64) as sock:
+        peer = Peer(link)
+        try:
+            out = [bytearray(xsk_frame(link, i, 60 + i % 200)) for i in range(600)]
+            sh("ip", "link", "set", link.if_x, "down")
+            assert sock.transmit(out[:300]) == 300
+            assert sock.transmit(out[300:]) == 600 - 300  # behind the first ones
+            stats = sock.stats()
+            assert stats["tx_queue_len"] == sock.tx_waiting == 600 - 64
+            assert stats["tx_queue_peak"] == 600 - 64
+            assert stats["tx_dropped"] == 0 and stats["tx_queue_dropped"] == 0
+            assert sock.flush() == 600 - 64  # still down: nothing moves, nothing lost
+            sh("ip", "link", "set", link.if_x, "up")
+            deadline = time.monotonic() + 5
+            while sock.flush() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert sock.tx_waiting == 0
+            sock.kick()
+            captured = peer.capture(600, timeout=5.0)
+        finally:
+            peer.close()
+        assert captured == [bytes(f) for f in out]
+        stats = wait_quiet(sock)
+        assert stats["tx"] == stats["tx_completed"] == 600
+        assert stats["tx_dropped"] == 0
+        sock.audit()
+
+
+@integration
+def test_the_transmit_queue_is_bounded_and_counts_what_it_drops(link: Link) -> None:
+    with (
+        link.x(),
+        XskSocket(link.if_x, 0, mode="copy", frames=256, ring_size=64, tx_queue_frames=100) as sock,
+    ):
+        sh("ip", "link", "set", link.if_x, "down")
+        frames = [xsk_frame(link, i) for i in range(300)]
+        assert sock.transmit(frames) == 64 + 100
+        stats = sock.stats()
+        assert stats["tx_queue_len"] == 100 and stats["tx_queue_dropped"] == 300 - 164
+        sh("ip", "link", "set", link.if_x, "up")
+        deadline = time.monotonic() + 5
+        while sock.flush() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stats = wait_quiet(sock)
+        assert stats["tx"] == 164 and stats["tx_queue_len"] == 0
+        sock.audit()
+
+
+@integration
+def test_transmit_takes_bytes_bytearray_and_memoryview_frames(link: Link) -> None:
+    with link.x(), XskSocket(link.if_x, 0, mode="copy") as sock:
+        peer = Peer(link)
+        try:
+            frames = [xsk_frame(link, i, 100 + i) for i in range(6)]
+            mixed: list[object] = [
+                frames[0], bytearray(frames[1]), memoryview(frames[2]),
+                memoryview(bytearray(frames[3])), frames[4], bytearray(frames[5]),
+            ]  # fmt: skip
+            assert sock.transmit(mixed) == 6  # type: ignore[arg-type]
+            assert peer.capture(6) == frames
+            # not a buffer, or empty: dropped and counted as oversize, the rest goes out
+            assert sock.transmit([object(), b"", frames[0]]) == 1  # type: ignore[list-item]
+            assert peer.capture(1) == [frames[0]]
+        finally:
+            peer.close()
+        stats = wait_quiet(sock)
+        assert stats["tx_oversize"] == 2 and stats["tx"] == 7
+        sock.audit()
+
+
+@integration
+def test_the_fill_ring_is_refilled_while_frames_still_wait_in_the_rx_ring(link: Link) -> None:
+    """A burst as large as the fill ring is received whole; one rx batch of a few frames
+    then tops the fill ring up to full again although most of the burst still waits in
+    the rx ring (a burst's second wave finds room)."""
+    ring = 1024
+    with xsk_with_program(link, "native", mode="copy", frames=4 * ring, ring_size=ring) as sock:
+        start = sock.stats()
+        assert start["fill_ring_pending"] == ring and start["fill_target"] == 2 * ring
+        peer = Peer(link)
+        try:
+            sent = [tcp_frame(link, i) for i in range(ring)]
+            for off in range(0, ring, 128):  # the veth's own queue holds 256
+                peer.send(sent[off : off + 128])
+                time.sleep(0.005)
+            deadline = time.monotonic() + 5
+            while sock.stats()["rx_ring_pending"] < ring and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert sock.stats()["fill_ring_pending"] == 0  # the burst took every frame
+            got = sock.receive(8)
+            stats = sock.stats()
+            assert stats["fill_ring_pending"] == ring  # full again: not just the 8
+            assert stats["rx_ring_pending"] == ring - 8
+            got += receive_n(sock, ring - 8)
+        finally:
+            peer.close()
+        assert got == sent
+        stats = sock.stats()
+        assert stats["kernel_rx_dropped"] == 0
+        assert stats["kernel_rx_fill_ring_empty_descs"] == 0
         sock.audit()
 
 
@@ -552,7 +667,7 @@ def test_close_twice_and_context_manager(link: Link) -> None:
         sock.close()
         sock.close()
         assert sock.closed and sock.fileno() == -1
-        assert sock.stats() == {"total_frames": 4096, "closed": 1}
+        assert sock.stats() == {"total_frames": 8192, "closed": 1}
         with pytest.raises(ValueError, match="closed"):
             sock.receive()
         with pytest.raises(ValueError, match="closed"):
@@ -569,9 +684,9 @@ def test_copy_mode_on_veth(link: Link) -> None:
         assert sock.mode == "copy" and sock.requested_mode == "copy"
         stats = sock.stats()
         assert stats["zerocopy"] == 0
-        assert stats["total_frames"] == 4096
-        assert stats["free_frames"] + stats["rx_outstanding"] + stats["tx_outstanding"] == 4096
-        assert stats["fill_ring_pending"] == stats["fill_target"] == 2048
+        assert stats["total_frames"] == 8192
+        assert stats["free_frames"] + stats["rx_outstanding"] + stats["tx_outstanding"] == 8192
+        assert stats["fill_ring_pending"] == stats["fill_target"] == 4096
         assert sock.max_frame_bytes == 3840
 
 

@@ -22,9 +22,18 @@
  *
  *   n_free + rx_outstanding + tx_outstanding == nframes, always.
  *
- * Reception and transmission use separate budgets: at most fill_target frames (min(ring
- * size, nframes / 2)) are handed to the fill ring; the rest serve transmission. A received
- * frame is copied out and its frame goes straight back to the fill ring.
+ * Reception and transmission share the UMEM: frames handed to the kernel for reception
+ * (rx_outstanding) are capped at fill_target, which is what the fill and rx rings can hold
+ * together (2 * ring size) less a reserve for transmission (ring size, at most half the
+ * UMEM); the rest serve transmission. The fill ring is topped up to that cap, or to what
+ * it and the free frames allow, on every rx batch, including the frames still waiting in
+ * the rx ring, so a burst finds a full fill ring whenever we ran since it began. A
+ * received frame is copied out and its frame goes straight back to the fill ring.
+ *
+ * Transmission takes a Python list of frames (bytes, bytearray or any contiguous buffer)
+ * and copies each once into its UMEM frame. A frame that finds no free frame or tx slot,
+ * even after a kick and a reclaim, is not dropped: the call stops there and says how many
+ * it consumed, and the caller keeps the rest for later (xsk.py's transmit queue).
  *
  * Memory ordering (the rings are shared with the kernel, which runs on other CPUs): a
  * consumer reads the producer index with acquire before reading descriptors and publishes
@@ -35,6 +44,7 @@
  *
  * Not thread-safe: one thread drives one socket (the daemon's event loop).
  */
+#include <Python.h> /* already included by cffi; for xsk_tx_list, which reads a list */
 #include <errno.h>
 #include <linux/if_xdp.h>
 #include <net/if.h>
@@ -76,9 +86,10 @@ struct xsk_counters {
     uint64_t tx_bytes;
     uint64_t tx_completed;   /* frames the kernel handed back on the completion ring */
     uint64_t tx_dropped;     /* frames not queued: tx_oversize + tx_no_frame + tx_ring_full */
-    uint64_t tx_oversize;    /* empty or larger than max_frame_bytes */
-    uint64_t tx_no_frame;    /* no free UMEM frame */
-    uint64_t tx_ring_full;   /* no free tx ring slot */
+    uint64_t tx_oversize;    /* empty, larger than max_frame_bytes, or not a buffer */
+    uint64_t tx_no_frame;    /* xsk_tx_batch: no free UMEM frame; xsk_tx_list: times it
+                                stopped for want of a frame (the frames are not dropped) */
+    uint64_t tx_ring_full;   /* the same for a free tx ring slot */
     uint64_t fill_starved;   /* top-ups that could not bring the fill ring to its target */
     uint64_t rx_wakeups;     /* recvfrom() kicks because the fill ring asked for a wakeup */
     uint64_t tx_wakeups;     /* sendto() kicks */
@@ -174,8 +185,8 @@ static inline uint64_t frame_base(const struct xsk_ctx *x, uint64_t addr)
     return addr & ~(uint64_t)(x->frame_size - 1);
 }
 
-/* Move frames from the free stack to the fill ring until rx_outstanding reaches
- * fill_target. Returns frames added. */
+/* Move frames from the free stack to the fill ring while it has room, until
+ * rx_outstanding reaches fill_target. Returns frames added. */
 static uint32_t fill_top_up(struct xsk_ctx *x)
 {
     if (x->rx_outstanding >= x->fill_target)
@@ -185,7 +196,8 @@ static uint32_t fill_top_up(struct xsk_ctx *x)
     uint32_t n = want < room ? want : room;
     if (n > x->n_free) {
         n = x->n_free;
-        x->c.fill_starved++;
+        if (room > n)
+            x->c.fill_starved++;
     }
     if (n == 0)
         return 0;
@@ -310,18 +322,52 @@ int xsk_rx_batch(struct xsk_ctx *x, char *buf, uint32_t *lens, uint32_t max)
     return (int)n;
 }
 
+/* Room for one more frame on the tx ring: a free UMEM frame and a free slot. When either
+ * runs out, publish what is queued, kick and reclaim, as long as that makes progress.
+ * Returns 1 with room, 0 without (and counts why in tx_no_frame or tx_ring_full). */
+static int tx_make_room(struct xsk_ctx *x, uint32_t *space)
+{
+    while (*space == 0 || x->n_free == 0) {
+        uint32_t free_before = x->n_free, space_before = *space;
+        store_release(x->tx.producer, x->tx.prod);
+        xsk_kick_tx(x);
+        xsk_reclaim(x);
+        *space = prod_free(&x->tx);
+        if (x->n_free == free_before && *space == space_before) {
+            if (x->n_free == 0)
+                x->c.tx_no_frame++;
+            else
+                x->c.tx_ring_full++;
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static inline void tx_put(struct xsk_ctx *x, const void *src, uint32_t len)
+{
+    uint64_t addr = x->free_stack[--x->n_free];
+    memcpy(x->umem + addr, src, len);
+    struct xdp_desc *d = &((struct xdp_desc *)x->tx.descs)[x->tx.prod & x->tx.mask];
+    d->addr = addr;
+    d->len = len;
+    d->options = 0;
+    x->tx.prod++;
+    x->tx_outstanding++;
+    x->c.tx_frames++;
+    x->c.tx_bytes += len;
+}
+
 /* API: queue n frames, frame i being lens[i] bytes of data at the sum of lens[0..i). Frames
- * that are empty or longer than max_len, or find no free frame or tx slot, are dropped and
- * counted. Returns frames queued; the rest were dropped. */
+ * that are empty or longer than max_len, or find no free frame or tx slot (after a kick
+ * and reclaim), are dropped and counted. Returns frames queued; the rest were dropped. */
 int xsk_tx_batch(struct xsk_ctx *x, const char *data, const uint32_t *lens, uint32_t n)
 {
     xsk_reclaim(x);
     uint32_t space = prod_free(&x->tx);
     uint32_t start = x->tx.prod;
-    struct xdp_desc *txr = x->tx.descs;
     size_t off = 0;
     uint32_t queued = 0;
-    int retried = 0;
     uint32_t i;
     for (i = 0; i < n; i++) {
         uint32_t len = lens[i];
@@ -332,32 +378,17 @@ int xsk_tx_batch(struct xsk_ctx *x, const char *data, const uint32_t *lens, uint
             x->c.tx_dropped++;
             continue;
         }
-        if ((space == 0 || x->n_free == 0) && !retried) {
-            /* Publish what we have, let the kernel send it, take back completions. */
-            retried = 1;
-            store_release(x->tx.producer, x->tx.prod);
-            xsk_kick_tx(x);
-            xsk_reclaim(x);
-            space = prod_free(&x->tx);
-        }
-        if (space == 0 || x->n_free == 0)
+        if (!tx_make_room(x, &space))
             break;
-        uint64_t addr = x->free_stack[--x->n_free];
-        memcpy(x->umem + addr, src, len);
-        struct xdp_desc *d = &txr[x->tx.prod & x->tx.mask];
-        d->addr = addr;
-        d->len = len;
-        d->options = 0;
-        x->tx.prod++;
-        x->tx_outstanding++;
+        tx_put(x, src, len);
         space--;
         queued++;
-        x->c.tx_bytes += len;
     }
     if (i < n) {
-        /* Out of frames or ring slots: the rest is dropped (oversize ones counted as such). */
+        /* Out of frames or ring slots: the rest is dropped (oversize ones counted as such;
+         * tx_make_room counted the first of the others). */
         uint32_t no_frame = x->n_free == 0;
-        for (; i < n; i++) {
+        for (i++; i < n; i++) {
             if (lens[i] == 0 || lens[i] > x->max_len)
                 x->c.tx_oversize++;
             else if (no_frame)
@@ -366,13 +397,79 @@ int xsk_tx_batch(struct xsk_ctx *x, const char *data, const uint32_t *lens, uint
                 x->c.tx_ring_full++;
             x->c.tx_dropped++;
         }
+        x->c.tx_dropped++; /* the frame that found no room */
     }
-    x->c.tx_frames += queued;
-    if (x->tx.prod != start || retried) {
+    if (x->tx.prod != start) {
         store_release(x->tx.producer, x->tx.prod);
         xsk_kick_tx(x);
     }
     return (int)queued;
+}
+
+/* API: queue the frames of the Python list `frames` (passed as its address: the caller
+ * holds it alive for the call) from index `start` on, each copied once from its buffer
+ * into a UMEM frame; then kick. Frames that are empty, longer than max_len or not a
+ * contiguous buffer are dropped and counted (tx_oversize). Stops at the first frame that
+ * finds no free frame or tx slot even after kicks and reclaims. Returns the index after
+ * the last frame consumed (queued or dropped), and the number queued in *queued: the
+ * caller keeps frames[return:] to send later. Negative: -errno (not a list). Runs with the
+ * GIL held (cffi released it for the call). */
+int xsk_tx_list(struct xsk_ctx *x, void *frames, uint32_t start, uint32_t *queued)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *list = (PyObject *)frames;
+    if (!PyList_Check(list)) {
+        PyGILState_Release(gil);
+        return -EINVAL;
+    }
+    Py_ssize_t n = PyList_Size(list);
+    uint64_t frames_before = x->c.tx_frames;
+    xsk_reclaim(x);
+    uint32_t space = prod_free(&x->tx);
+    uint32_t first_prod = x->tx.prod;
+    Py_ssize_t i;
+    for (i = start; i < n; i++) {
+        PyObject *f = PyList_GetItem(list, i); /* borrowed */
+        const void *src;
+        Py_ssize_t len;
+        Py_buffer view;
+        int have_view = 0;
+        if (PyBytes_Check(f)) {
+            src = PyBytes_AsString(f);
+            len = PyBytes_Size(f);
+        } else if (PyByteArray_Check(f)) {
+            src = PyByteArray_AsString(f);
+            len = PyByteArray_Size(f);
+        } else if (PyObject_GetBuffer(f, &view, PyBUF_SIMPLE) == 0) {
+            have_view = 1;
+            src = view.buf;
+            len = view.len;
+        } else {
+            PyErr_Clear();
+            src = NULL;
+            len = 0;
+        }
+        if (len <= 0 || (size_t)len > x->max_len) {
+            x->c.tx_oversize++;
+            x->c.tx_dropped++;
+        } else if (!tx_make_room(x, &space)) {
+            if (have_view)
+                PyBuffer_Release(&view);
+            break;
+        } else {
+            tx_put(x, src, (uint32_t)len);
+            space--;
+        }
+        if (have_view)
+            PyBuffer_Release(&view);
+    }
+    if (x->tx.prod != first_prod) {
+        store_release(x->tx.producer, x->tx.prod);
+        xsk_kick_tx(x);
+    }
+    *queued = (uint32_t)(x->c.tx_frames - frames_before);
+    PyGILState_Release(gil);
+    return (int)i;
 }
 
 static void ring_unmap(struct xsk_ring *r)
@@ -464,7 +561,12 @@ int xsk_open(const char *ifname, uint32_t queue_id, uint32_t nframes, uint32_t f
     x->frame_size = frame_size;
     x->max_len = frame_size - XDP_PACKET_HEADROOM;
     x->need_wakeup = need_wakeup ? 1 : 0;
-    x->fill_target = nframes / 2 < ring_size ? nframes / 2 : ring_size;
+    /* Reception may hold what the fill and rx rings take together, less a reserve for
+     * transmission of one ring (at most half the UMEM). */
+    uint32_t tx_reserve = nframes / 2 < ring_size ? nframes / 2 : ring_size;
+    x->fill_target = nframes - tx_reserve;
+    if (x->fill_target > 2 * ring_size)
+        x->fill_target = 2 * ring_size;
     if (x->fill_target == 0)
         x->fill_target = 1;
 

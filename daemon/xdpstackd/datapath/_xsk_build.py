@@ -6,7 +6,8 @@ scripts/setup.sh does); by hand for a quick rebuild in place::
     .venv/bin/python daemon/xdpstackd/datapath/_xsk_build.py
 
 The C source is ``_xsk.c`` next to this file; ``CDEF`` repeats its API declarations.
-It needs gcc and ``<linux/if_xdp.h>`` (Debian's linux-libc-dev), nothing else.
+It needs gcc, ``<linux/if_xdp.h>`` (Debian's linux-libc-dev) and the Python headers
+(``xsk_tx_list`` reads a list of frames with the C API), nothing else.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ int xsk_fd(const struct xsk_ctx *x);
 uint32_t xsk_max_len(const struct xsk_ctx *x);
 int xsk_rx_batch(struct xsk_ctx *x, char *buf, uint32_t *lens, uint32_t max);
 int xsk_tx_batch(struct xsk_ctx *x, const char *data, const uint32_t *lens, uint32_t n);
+int xsk_tx_list(struct xsk_ctx *x, void *frames, uint32_t start, uint32_t *queued);
 uint32_t xsk_reclaim(struct xsk_ctx *x);
 int xsk_kick_tx(struct xsk_ctx *x);
 void xsk_get_counters(const struct xsk_ctx *x, struct xsk_counters *out);
@@ -97,6 +99,9 @@ ffibuilder.set_source(
     MODULE,
     (HERE / "_xsk.c").read_text(),
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    # The stable ABI as of 3.11 (still an abi3 module): xsk_tx_list reads frames through
+    # the buffer protocol, which entered the limited API in 3.11 (the project needs 3.11).
+    define_macros=[("Py_LIMITED_API", "0x030B0000")],
 )
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ engine's ``Datapath`` interface (docs/DAEMON.md)::
     with XskSocket("veth0", 0, mode="copy") as xsk:
         program.set_xsk(0, xsk.fileno())  # the XDP program redirects into the XSKMAP
         frames = xsk.receive(64)  # list[bytes], copied out; frames recycled at once
-        xsk.transmit(frames)  # frames queued; the rest dropped and counted
+        xsk.transmit(frames)  # on the tx ring, or in the transmit queue until room
+        xsk.flush()  # later (a wakeup, a timer): the queue onto the ring; returns what waits
 
 Frames are Ethernet frames without FCS. Without multi-buffer AF_XDP one frame must fit one
 UMEM frame less the kernel's XDP headroom: ``max_frame_bytes`` (3840 for 4096-byte
@@ -16,6 +17,13 @@ frames); :func:`check_mtu` turns that into the largest interface MTU.
 Modes: ``"copy"`` works on every driver (veth included), ``"zerocopy"`` needs driver
 support (veth has none: ``EOPNOTSUPP``), ``"auto"`` lets the kernel try zero-copy and fall
 back to copy; ``.mode`` says which one it got.
+
+Transmission never drops a frame for want of a UMEM frame or a tx slot: the frames that
+find none, even after the kernel has been kicked and the completions reclaimed, wait in
+the transmit queue (at most ``tx_queue_frames``; beyond it they are dropped and counted in
+``tx_queue_dropped``) and go out first at the next ``transmit`` or ``flush``. The queue
+holds the frame objects themselves: a frame handed to ``transmit`` must not change
+afterwards.
 
 Not thread-safe: one thread (the daemon's event loop) drives a socket.
 """
@@ -32,7 +40,10 @@ from types import TracebackType
 from typing import Any
 
 __all__ = [
+    "DEFAULT_FRAMES",
     "DEFAULT_FRAME_SIZE",
+    "DEFAULT_RING_SIZE",
+    "DEFAULT_TX_QUEUE_FRAMES",
     "ETH_HEADER_BYTES",
     "XDP_PACKET_HEADROOM",
     "XskError",
@@ -48,6 +59,14 @@ XDP_PACKET_HEADROOM = 256
 DEFAULT_FRAME_SIZE = 4096
 #: Ethernet header bytes that come on top of the MTU (no VLAN tag, no FCS).
 ETH_HEADER_BYTES = 14
+#: Default UMEM frames and ring entries: 32 MiB of UMEM, of which reception may hold
+#: 4096 frames (fill ring + rx ring) and transmission at least 4096. A burst that outruns
+#: the daemon is absorbed by the fill ring (4096 between two rx batches; the engine drains
+#: the rx ring into memory on every batch), not dropped by the kernel.
+DEFAULT_FRAMES = 8192
+DEFAULT_RING_SIZE = 4096
+#: Default bound of the transmit queue (frames that found no UMEM frame or tx slot).
+DEFAULT_TX_QUEUE_FRAMES = 65536
 
 _MODES = {"auto": 0, "copy": 1, "zerocopy": 2}
 _SIOCGIFMTU = 0x8921
@@ -174,8 +193,9 @@ class XskSocket:
     """One AF_XDP socket bound to ``ifname`` queue ``queue_id``: the engine's Datapath.
 
     ``frames`` UMEM frames of ``frame_size`` bytes; all four rings have ``ring_size``
-    entries. At most ``min(ring_size, frames // 2)`` frames wait in the fill ring for
-    reception; the others serve transmission.
+    entries. Reception holds at most ``fill_target`` frames (in the fill and rx rings:
+    ``min(2 * ring_size, frames - min(ring_size, frames // 2))``), topped up on every rx
+    batch; the others serve transmission. ``tx_queue_frames`` bounds the transmit queue.
     """
 
     def __init__(
@@ -183,12 +203,13 @@ class XskSocket:
         ifname: str,
         queue_id: int = 0,
         *,
-        frames: int = 4096,
+        frames: int = DEFAULT_FRAMES,
         frame_size: int = DEFAULT_FRAME_SIZE,
-        ring_size: int = 2048,
+        ring_size: int = DEFAULT_RING_SIZE,
         mode: str = "copy",
         need_wakeup: bool = True,
         busy_timeout: float = 0.5,
+        tx_queue_frames: int = DEFAULT_TX_QUEUE_FRAMES,
     ) -> None:
         self._ctx: Any = None
         if _xsk is None:
@@ -232,8 +253,11 @@ class XskSocket:
         self._rx_cap = 0
         self._rx_buf: Any = None
         self._rx_lens: Any = None
-        self._tx_cap = 0
-        self._tx_lens: Any = None
+        # the transmit queue: frames that found no room yet, oldest first
+        self._txq: list[Any] = []
+        self._queued = ffi.new("uint32_t *")  # xsk_tx_list's out-parameter
+        self.tx_queue_frames = tx_queue_frames
+        self._txq_counts = {"tx_queued": 0, "tx_queue_dropped": 0, "tx_queue_peak": 0}
         self._counters = ffi.new("struct xsk_counters *")
         self._kstats = ffi.new("struct xsk_kernel_stats *")
 
@@ -267,22 +291,65 @@ class XskSocket:
             off += length
         return out
 
-    def transmit(self, frames: list[bytes]) -> int:
-        """Queue ``frames`` on the tx ring and wake the kernel if it asks. Returns how many
-        were queued; the rest (no free frame, ring full, or longer than
-        ``max_frame_bytes``) are dropped and counted in ``stats()``."""
+    def transmit(self, frames: list[Any]) -> int:
+        """Queue ``frames`` (bytes, bytearray or any contiguous buffer; each is copied once,
+        into its UMEM frame) on the tx ring and wake the kernel if it asks. Frames that
+        find no room wait in the transmit queue, behind any already waiting. Returns how
+        many were taken: put on the ring, or into the queue. The rest are dropped and
+        counted: empty, longer than ``max_frame_bytes`` (``tx_oversize``; one that waited
+        in the queue is counted when its turn comes), or beyond the queue's bound
+        (``tx_queue_dropped``)."""
         ctx = self._live()
-        n = len(frames)
-        if n == 0:
+        if not frames:
             return 0
-        if n > self._tx_cap:
-            self._tx_cap = max(n, 64)
-            self._tx_lens = self._ffi.new("uint32_t[]", self._tx_cap)
-        lens = self._tx_lens
-        lens[0:n] = [len(f) for f in frames]
-        first = frames[0]
-        data = first if n == 1 and type(first) is bytes else b"".join(frames)
-        return self._lib.xsk_tx_batch(ctx, data, lens, n)
+        if type(frames) is not list:
+            frames = list(frames)
+        if self._txq:
+            taken = self._enqueue(frames)
+            self._flush(ctx)
+            return taken
+        # the list itself goes to C (CPython: id() is its address; it lives through the call)
+        done = self._lib.xsk_tx_list(ctx, self._ffi.cast("void *", id(frames)), 0, self._queued)
+        if done < 0:
+            raise OSError(-done, "xsk_tx_list")
+        queued = int(self._queued[0])
+        if done == len(frames):
+            return queued
+        return queued + self._enqueue(frames[done:])
+
+    def flush(self) -> int:
+        """Move what waits in the transmit queue onto the tx ring, as far as frames and
+        slots allow (call when completions may have returned frames: a wakeup, a timer).
+        Returns how many frames still wait."""
+        if self._txq:
+            self._flush(self._live())
+        return len(self._txq)
+
+    @property
+    def tx_waiting(self) -> int:
+        """Frames in the transmit queue."""
+        return len(self._txq)
+
+    def _enqueue(self, frames: list[Any]) -> int:
+        """Append to the transmit queue up to its bound; returns how many fit."""
+        q = self._txq
+        counts = self._txq_counts
+        room = max(self.tx_queue_frames - len(q), 0)
+        if len(frames) > room:
+            counts["tx_queue_dropped"] += len(frames) - room
+            frames = frames[:room]
+        q.extend(frames)
+        counts["tx_queued"] += len(frames)
+        if len(q) > counts["tx_queue_peak"]:
+            counts["tx_queue_peak"] = len(q)
+        return len(frames)
+
+    def _flush(self, ctx: Any) -> None:
+        q = self._txq
+        done = self._lib.xsk_tx_list(ctx, self._ffi.cast("void *", id(q)), 0, self._queued)
+        if done < 0:
+            raise OSError(-done, "xsk_tx_list")
+        del q[:done]
 
     def stats(self) -> dict[str, int]:
         """Counters and frame accounting. Reclaims finished transmissions first, so
@@ -303,6 +370,9 @@ class XskSocket:
                 "last_kick_errno",
             )
         }  # fmt: skip
+        out.update(self._txq_counts)
+        out["tx_queue_len"] = len(self._txq)
+        out["tx_queue_limit"] = self.tx_queue_frames
         out["rx"] = out["rx_frames"]
         out["tx"] = out["tx_frames"]
         out["wakeups"] = out["rx_wakeups"] + out["tx_wakeups"]
