@@ -102,7 +102,7 @@ def summarise(records: list[Any]) -> dict[str, dict[str, Any]]:
         left = _collect(records, "hold", None, "left_after_release")
         if left:
             summary["left_after_release"] = _entry(
-                "idle connections left after the paced release", "conns", "lower", left
+                "idle connections left after the release", "conns", "lower", left
             )
         summary["mem_per_conn"] = _entry(
             "stack memory per idle connection", "B", "lower", _stack_memory(records)
