@@ -29,6 +29,9 @@ change, and a frame is then one ``struct`` pack of Ethernet + IPv4 + TCP headers
 both checksums, and one copy of the payload out of the send buffer. Frames for a
 neighbour that is not resolved go the layered way (and queue in the ``ArpCache``).
 
+Receive batches: ``receive_frames`` tells TCP that the frames arrived together, so a
+connection ACKs in-order data once per batch (see ``AckBatch``).
+
 Time: only the caller's ``now`` is used. ``poll_transmit`` frames TCP output with the
 ``now`` of the latest input or command, which is the time it was produced.
 """
@@ -293,9 +296,16 @@ class InetStack:
 
     # ----------------------------------------------------------------------- input
     def receive_frames(self, frames: Iterable[bytes | memoryview], now: float) -> None:
-        """A batch of received frames (an AF_XDP rx batch), all at ``now``."""
-        for frame in frames:
-            self.receive_frame(frame, now)
+        """A batch of received frames (an AF_XDP rx batch), all at ``now``: in-order data
+        is ACKed once per connection at the end of the batch (``AckBatch``)."""
+        self._now = now
+        tcp = self.tcp
+        tcp.begin_batch()
+        try:
+            for frame in frames:
+                self.receive_frame(frame, now)
+        finally:
+            tcp.end_batch()
 
     def receive_frame(self, frame: bytes | bytearray | memoryview, now: float) -> None:
         """One received Ethernet frame. Never raises (see the module docstring)."""

@@ -26,6 +26,7 @@ from xdpstackd.inetstack.layer4.tcp.active_open import ActiveOpenSocket
 from xdpstackd.inetstack.layer4.tcp.established import acknowledger
 from xdpstackd.inetstack.layer4.tcp.established.connection_management import State
 from xdpstackd.inetstack.layer4.tcp.established.established_socket import (
+    AckBatch,
     ChallengeAckLimiter,
     EstablishedSocket,
 )
@@ -100,6 +101,7 @@ class TcpPeer:
         #: where segments go: the outbox by default; ``InetStack`` puts its frame output
         #: here before any connection exists (connections take their flow from it)
         self.output: TcpOutput = SegmentOutput(self.outbox)
+        self.ack_batch = AckBatch()
         self.completions: list[Completion] = []
         self.limiter = ChallengeAckLimiter(config.challenge_ack_per_s)
         self._timers: list[tuple[float, int, Connection]] = []
@@ -149,6 +151,21 @@ class TcpPeer:
             return
         counters["tcp_rst_closed_port"] += 1
         self.send_rst_for(hdr, len(payload), (dst_ip, hdr.dst_port), (src_ip, hdr.src_port))
+
+    def begin_batch(self) -> None:
+        """Segments until ``end_batch`` arrived together (one rx batch): connections ACK
+        them once at the end, not every second segment (see ``AckBatch``)."""
+        self.ack_batch.active = True
+
+    def end_batch(self) -> None:
+        batch = self.ack_batch
+        batch.active = False
+        due = batch.due
+        if due:
+            for est in due:
+                est.send_batch_ack()
+                self._schedule(est)
+            due.clear()
 
     def poll_transmit(self) -> list[tuple[int, int, bytes]]:
         # connections append to this very list, so it is copied and cleared in place
@@ -617,6 +634,7 @@ class TcpPeer:
             handshake_rtt_s=handshake_rtt_s,
             now=now,
             output=self.output,
+            ack_batch=self.ack_batch,
             completions=self.completions,
             counters=self.counters,
             limiter=self.limiter,

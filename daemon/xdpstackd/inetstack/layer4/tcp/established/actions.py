@@ -23,6 +23,9 @@ PROBE = 1 << 12  # send a zero-window or keep-alive probe (SEG.SEQ = SND.UNA - 1
 GO_BACK = 1 << 13  # RTO: resend from SND.UNA
 ACK_INVALID = 1 << 15  # answer an unacceptable segment with an ACK, rate-limited
 DROP = 1 << 14  # the dispatcher stops processing this segment (internal to ctrlblk)
+# the second full segment since our last ACK (RFC 1122 4.2.3.2): ACK now, or, inside a
+# receive batch, once at the end of it (Linux ACKs a GRO-merged segment once)
+ACK_DUE = 1 << 16
 
 NAMES = {
     SEND: "SEND",
@@ -41,6 +44,7 @@ NAMES = {
     GO_BACK: "GO_BACK",
     DROP: "DROP",
     ACK_INVALID: "ACK_INVALID",
+    ACK_DUE: "ACK_DUE",
 }
 
 

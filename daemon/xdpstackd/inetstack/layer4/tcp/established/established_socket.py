@@ -74,12 +74,31 @@ class ChallengeAckLimiter:
         return False
 
 
+class AckBatch:
+    """Connections owed an ACK at the end of the receive batch being processed.
+
+    Linux hands TCP one GRO-merged segment per burst and ACKs it once; we get the burst
+    as an AF_XDP rx batch of separate frames. While ``active`` (``TcpPeer.begin_batch``
+    .. ``end_batch``), the every-second-segment ACK (``A.ACK_DUE``) only marks the
+    connection here, and ``end_batch`` sends one ACK per marked connection. Everything
+    else that wants an ACK at once (out-of-order data, a filled hole, a FIN, a window
+    update) still gets it at once; a batch of one segment behaves as without batching."""
+
+    __slots__ = ("active", "due")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.due: list[EstablishedSocket] = []
+
+
 class EstablishedSocket:
     is_handshake = False
 
     __slots__ = (
+        "_ack_due",
         "_acked_this_round",
         "_last_invalid_ack",
+        "ack_batch",
         "cb",
         "close_requested",
         "completions",
@@ -104,6 +123,7 @@ class EstablishedSocket:
         *,
         config: TcpConfig,
         output: TcpOutput,
+        ack_batch: AckBatch,
         completions: list[Completion],
         counters: Counters,
         limiter: ChallengeAckLimiter,
@@ -114,6 +134,8 @@ class EstablishedSocket:
         self.local = cb.cm.local
         self.remote = cb.cm.remote
         self.flow = output.flow(self.local, self.remote)
+        self.ack_batch = ack_batch
+        self._ack_due = False
         self.completions = completions
         self.counters = counters
         self.limiter = limiter
@@ -146,6 +168,7 @@ class EstablishedSocket:
         handshake_rtt_s: float | None,
         now: float,
         output: TcpOutput,
+        ack_batch: AckBatch,
         completions: list[Completion],
         counters: Counters,
         limiter: ChallengeAckLimiter,
@@ -196,6 +219,7 @@ class EstablishedSocket:
             cb,
             config=config,
             output=output,
+            ack_batch=ack_batch,
             completions=completions,
             counters=counters,
             limiter=limiter,
@@ -362,10 +386,29 @@ class EstablishedSocket:
             if actions & A.ACK_NOW:
                 if not self._acked_this_round:
                     send_ack(self)
+            elif actions & A.ACK_DUE and not self._acked_this_round:
+                batch = self.ack_batch
+                if not batch.active:
+                    send_ack(self)
+                elif not self._ack_due:
+                    self._ack_due = True
+                    batch.due.append(self)
             elif actions & A.ACK_DELAYED and rod.rcv_acked != rod.rcv_nxt:
                 rod.arm_delayed_ack(now, self.config.delayed_ack_s)
         if actions & A.CLOSED:
             self._release()
+
+    def send_batch_ack(self) -> None:
+        """The end of a receive batch: the ACK ``A.ACK_DUE`` deferred, unless a segment
+        sent since (data, a window update) already carried it."""
+        self._ack_due = False
+        rod = self.cb.rod
+        if (
+            not self.released
+            and self.cb.cm.state is not State.CLOSED
+            and rod.rcv_acked != rod.rcv_nxt
+        ):
+            send_ack(self)
 
     def emit(self, flags: int, seq: SeqNumber, payload: bytes | memoryview) -> None:
         """Send one segment through the flow; every segment carries our ACK and window."""

@@ -255,8 +255,9 @@ class OrderedDelivery:
             return actions | A.EOF_RECEIVED | A.ACK_NOW
         if n:
             # RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3: ACK at least every second full segment
+            # (at once, or at the end of the receive batch: see EstablishedSocket)
             if self.rcv_nxt.distance(self.rcv_acked) >= 2 * mss:
-                actions |= A.ACK_NOW
+                actions |= A.ACK_DUE
             else:
                 actions |= A.ACK_DELAYED
         return actions
