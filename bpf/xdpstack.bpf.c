@@ -24,7 +24,19 @@
  *      the owned address (the daemon answers closed ports with RST itself).
  *   6. Everything else: XDP_PASS.
  *
- * "Goes to the daemon" is bpf_redirect_map(&xsks, rx_queue_index, XDP_PASS): when the
+ * SYN cookies (config in the map syncookie_cfg, off while its ns_per_syn is 0): a SYN without
+ACK or RST to a steered port (IHL 5) passes a per-CPU token bucket (GCRA: ns_per_syn of
+credit per SYN, burst_ns deep) on its way to the daemon, which answers it with every option
+it supports. Over the rate, the program answers it itself: a cookie SYN-ACK built in place
+and sent back out with XDP_TX (counted TX and SYNCOOKIES_SENT_XDP), no frame for the daemon.
+The cookie is xdps_syncookie() of layer4/tcp/syncookie.h, the file the daemon's TCP core
+uses to check the ACK that returns it, with the key the daemon wrote into the map. Only
+the MSS option is read (when it is the SYN's first option, as every common stack sends it)
+and answered (the daemon's MSS; a SYN too short to take a 4-byte option in place gets
+none). This is how a full-rate flood stays out of the AF_XDP ring, which the daemon reads at
+Python speed, so that established connections keep their share of it.
+
+"Goes to the daemon" is bpf_redirect_map(&xsks, rx_queue_index, XDP_PASS): when the
  * rx queue's XSKMAP slot is empty (the daemon is not serving that queue, or it is starting
  * or stopping) the helper returns XDP_PASS and the kernel gets the frame (counted NO_XSK
  * and PASSED). A helper-level redirect can still fail later inside the kernel (an XSK bound
@@ -33,7 +45,7 @@
  * The program never returns XDP_DROP: a frame it does not want to handle is the kernel's.
  * DROPPED exists so that the counter set is stable for xdpstackctl; it stays 0.
  *
- * Counter accounting: each frame adds 1 to exactly one of PASSED, REDIRECTED or DROPPED.
+ * Counter accounting: each frame adds 1 to exactly one of PASSED, REDIRECTED, DROPPED or TX.
  * The other counters say why, and overlap with those three (a malformed frame counts in
  * MALFORMED and in PASSED; a redirected ARP packet in ARP_REDIRECTED and REDIRECTED).
  * Keep enum xdpstack_counter in step with COUNTER_NAMES in xdp_program.py (a test checks).
@@ -46,6 +58,10 @@
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
 #include <uapi/linux/tcp.h>
+
+/* SYN cookies: the same definition as the daemon's TCP core (-I from xdp_program.py) */
+#define XDPSTACK_BPF 1
+#include "syncookie.h"
 
 #ifndef XDPSTACK_MAX_QUEUES
 #define XDPSTACK_MAX_QUEUES 64
@@ -71,6 +87,8 @@ enum xdpstack_counter {
     XDPSTACK_C_NO_XSK,          /* for the daemon, but its queue's XSKMAP slot empty; passed */
     XDPSTACK_C_FRAGMENTS,       /* IPv4 fragments; passed */
     XDPSTACK_C_VLAN,            /* VLAN-tagged frames; passed */
+    XDPSTACK_C_TX,              /* verdict XDP_TX: a reply sent back out (SYN cookies) */
+    XDPSTACK_C_SYNCOOKIES_SENT_XDP, /* SYNs over the rate answered with a cookie SYN-ACK */
     XDPSTACK_C_MAX,
 };
 
@@ -85,6 +103,18 @@ struct xdpstack_config {
     __u32 flags;       /* XDPSTACK_F_* */
 };
 
+struct xdpstack_syncookie {
+    __u64 k0, k1;     /* SipHash key, as syncookie.h takes it */
+    __u64 ns_per_syn; /* 1e9 / rate: credit one SYN costs; 0 = off (all SYNs to the daemon) */
+    __u64 burst_ns;   /* bucket depth: SYNs let through back to back * ns_per_syn */
+    __u32 mss;        /* the daemon's MSS, announced in the cookie SYN-ACK */
+    __u32 window;     /* its window (unscaled: a cookie cannot carry a window scale) */
+};
+
+struct syn_bucket {
+    __u64 tat; /* GCRA theoretical arrival time, bpf_ktime_get_ns() */
+};
+
 struct arp_ipv4 {
     struct arphdr hdr;
     __u8 sha[ETH_ALEN];
@@ -97,6 +127,8 @@ BPF_HASH(steering, struct steer_key, __u32, XDPSTACK_MAX_STEER);
 BPF_XSKMAP(xsks, XDPSTACK_MAX_QUEUES);
 BPF_PERCPU_ARRAY(counters, __u64, XDPSTACK_C_MAX);
 BPF_ARRAY(config, struct xdpstack_config, 1);
+BPF_ARRAY(syncookie_cfg, struct xdpstack_syncookie, 1);
+BPF_PERCPU_ARRAY(syn_bucket, struct syn_bucket, 1);
 
 static __always_inline void count(__u32 idx)
 {
@@ -139,6 +171,113 @@ static __always_inline int steered(__be32 daddr, __be16 dport)
         return 1;
     key.addr = 0;
     return steering.lookup(&key) != NULL;
+}
+
+/* Whether one more SYN fits this CPU's bucket (and take its credit if so). */
+static __always_inline int syn_within_rate(const struct xdpstack_syncookie *sc)
+{
+    __u32 zero = 0;
+    struct syn_bucket *bucket = syn_bucket.lookup(&zero);
+    if (!bucket)
+        return 1;
+    __u64 now = bpf_ktime_get_ns();
+    __u64 tat = bucket->tat > now ? bucket->tat : now;
+    if (tat + sc->ns_per_syn - now > sc->burst_ns)
+        return 0;
+    bucket->tat = tat + sc->ns_per_syn;
+    return 1;
+}
+
+static __always_inline __u32 csum_fold32(__u32 sum)
+{
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    return ~sum & 0xffff;
+}
+
+/* Sum of n 16-bit words as they lie in memory (network order in, network order out). */
+static __always_inline __u32 csum_words(const __u16 *p, const int n)
+{
+    __u32 sum = 0;
+#pragma unroll
+    for (int i = 0; i < n; i++)
+        sum += p[i];
+    return sum;
+}
+
+/* Turn the SYN (Ethernet, IPv4 with IHL 5, TCP) into our cookie SYN-ACK, in place.
+ * Returns XDP_TX, or -1 when the frame is not one this handles (the daemon gets it). */
+static __always_inline int syn_cookie_reply(struct xdp_md *ctx, const struct xdpstack_syncookie *sc)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct iphdr *ip = (void *)(eth + 1);
+    struct tcphdr *tcp = (void *)(ip + 1);
+    __u8 *opt = (void *)(tcp + 1);
+
+    if ((void *)(tcp + 1) > data_end || ip->ihl != 5)
+        return -1;
+    __u32 frame_len = data_end - data;
+    __u32 peer_mss = 536; /* RFC 9293 3.7.1: no MSS option */
+    int with_mss = (void *)(opt + 4) <= data_end;
+    if (with_mss && tcp->doff >= 6 && opt[0] == 2 && opt[1] == 4)
+        peer_mss = ((__u32)opt[2] << 8) | opt[3];
+
+    __u32 saddr = ntohl(ip->saddr), daddr = ntohl(ip->daddr);
+    __u16 sport = ntohs(tcp->source), dport = ntohs(tcp->dest);
+    __u32 peer_isn = ntohl(tcp->seq);
+    __u32 t = (__u32)(bpf_ktime_get_ns() >> XDPS_SYNCOOKIE_PERIOD_SHIFT);
+    __u32 cookie = xdps_syncookie(sc->k0, sc->k1, saddr, daddr, sport, dport, peer_isn, t,
+                                  xdps_syncookie_mss_index(peer_mss));
+
+    __u8 mac[ETH_ALEN];
+    __builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+
+    __u32 tcp_len = with_mss ? 24 : 20;
+    ip->tos = 0;
+    ip->tot_len = htons(sizeof(*ip) + tcp_len);
+    ip->id = 0;
+    ip->frag_off = htons(0x4000); /* DF */
+    ip->ttl = 64;
+    ip->saddr = htonl(daddr);
+    ip->daddr = htonl(saddr);
+    ip->check = 0;
+    ip->check = csum_fold32(csum_words((__u16 *)ip, 10));
+
+    tcp->source = htons(dport);
+    tcp->dest = htons(sport);
+    tcp->seq = htonl(cookie);
+    tcp->ack_seq = htonl(peer_isn + 1);
+    ((__u16 *)tcp)[6] = htons(((tcp_len / 4) << 12) | 0x12); /* data offset, SYN|ACK */
+    tcp->window = htons(sc->window);
+    tcp->check = 0;
+    tcp->urg_ptr = 0;
+    /* pseudo-header: addresses, protocol, TCP length (network order words) */
+    __u32 sum = (ip->saddr & 0xffff) + (ip->saddr >> 16) + (ip->daddr & 0xffff) +
+                (ip->daddr >> 16) + htons(IPPROTO_TCP) + htons(tcp_len);
+    if (with_mss) {
+        if ((void *)(opt + 4) > data_end) /* known already; the verifier wants it here */
+            return XDP_ABORTED;
+        opt[0] = 2;
+        opt[1] = 4;
+        opt[2] = sc->mss >> 8;
+        opt[3] = sc->mss & 0xff;
+        tcp->check = csum_fold32(sum + csum_words((__u16 *)tcp, 12));
+    } else {
+        tcp->check = csum_fold32(sum + csum_words((__u16 *)tcp, 10));
+    }
+
+    /* Trim what followed (other options, padding). Should that fail, the bytes past the
+     * IPv4 total length are only padding to the receiver: send it all the same. */
+    int delta = (int)(sizeof(*eth) + sizeof(*ip) + tcp_len) - (int)frame_len;
+    if (delta < 0)
+        bpf_xdp_adjust_tail(ctx, delta);
+    count(XDPSTACK_C_TX);
+    count(XDPSTACK_C_SYNCOOKIES_SENT_XDP);
+    return XDP_TX;
 }
 
 int xdpstack_rx(struct xdp_md *ctx)
@@ -214,8 +353,18 @@ int xdpstack_rx(struct xdp_md *ctx)
     if ((void *)(tcp + 1) > data_end || tot_len < ihl_bytes + sizeof(*tcp) || tcp->doff < 5)
         return malformed();
 
-    if (steered(daddr, tcp->dest) ||
-        (owned && daddr == owned && (flags & XDPSTACK_F_OWNED_TCP_ALL)))
+    if (steered(daddr, tcp->dest)) {
+        if (tcp->syn && !tcp->ack && !tcp->rst) {
+            struct xdpstack_syncookie *sc = syncookie_cfg.lookup(&zero);
+            if (sc && sc->ns_per_syn && !syn_within_rate(sc)) {
+                int action = syn_cookie_reply(ctx, sc);
+                if (action >= 0)
+                    return action;
+            }
+        }
+        return to_daemon(ctx, XDPSTACK_C_TCP_REDIRECTED);
+    }
+    if (owned && daddr == owned && (flags & XDPSTACK_F_OWNED_TCP_ALL))
         return to_daemon(ctx, XDPSTACK_C_TCP_REDIRECTED);
     return pass();
 }

@@ -16,6 +16,13 @@ maps:
     per-CPU array, :data:`COUNTER_NAMES` (summed over CPUs by :meth:`~XdpProgram.counters`).
 ``config``
     the owned IPv4 address (0 = shared mode) and flags (:data:`FLAG_OWNED_TCP_ALL`).
+``syncookie_cfg``, ``syn_bucket``
+    SYN cookies in XDP (:meth:`~XdpProgram.set_syncookies`; off until called): SYNs to a
+    steered port over a per-CPU rate are answered by the program with a cookie SYN-ACK
+    (``XDP_TX``), computed by ``inetstack/layer4/tcp/syncookie.h`` with the TCP core's key,
+    so that the core accepts the returning ACK. On a veth, ``XDP_TX`` in native mode needs
+    the peer end to take XDP frames (an XDP program there, or GRO on: ``ethtool -K PEER gro
+    on``); otherwise the kernel drops the replies.
 
 bcc (Debian's ``python3-bpfcc``) is imported only when a program is compiled, so this
 module imports on machines without it. bcc needs the running kernel's headers; on kernels
@@ -55,6 +62,8 @@ COUNTER_NAMES: tuple[str, ...] = (
     "no_xsk",
     "fragments",
     "vlan",
+    "tx",
+    "syncookies_sent_xdp",
 )
 
 #: ``config.flags``: in owned-address mode, redirect every TCP segment to the owned
@@ -68,6 +77,8 @@ SOURCE_NAME = "xdpstack.bpf.c"
 INSTALLED_BPF_DIR = Path("/usr/share/xdpstack/bpf")
 #: Steering map size (local ports in use at once).
 MAX_STEER = 16384
+#: Where ``syncookie.h`` (shared with the TCP core) is: the program includes it.
+SYNCOOKIE_HEADER_DIR = Path(__file__).resolve().parents[1] / "inetstack" / "layer4" / "tcp"
 
 # linux/if_link.h
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -360,6 +371,7 @@ class XdpProgram:
         cflags = [
             f"-DXDPSTACK_MAX_QUEUES={self.max_queues}",
             f"-DXDPSTACK_MAX_STEER={MAX_STEER}",
+            f"-I{SYNCOOKIE_HEADER_DIR}",
             "-Wno-unused-function",
         ]
         bpf = None
@@ -533,6 +545,35 @@ class XdpProgram:
         leaf = table.Leaf()
         leaf.owned_addr = _hton32(self.owned_address or 0)
         leaf.flags = FLAG_OWNED_TCP_ALL if self.owned_tcp_all else 0
+        table[ctypes.c_int(0)] = leaf
+
+    def set_syncookies(
+        self,
+        key_words: tuple[int, int],
+        *,
+        rate: int,
+        mss: int,
+        window: int = 0xFFFF,
+        burst: int | None = None,
+    ) -> None:
+        """Answer SYNs to steered ports over ``rate`` a second (per CPU; 0 = off: every
+        SYN goes to the daemon) with cookie SYN-ACKs made with ``key_words`` (SipHash's
+        two 64-bit words, ``SynCookies.key_words``), announcing ``mss`` and ``window``.
+        ``burst`` SYNs may pass back to back (default: a tenth of a second's worth)."""
+        if rate < 0 or not 0 < mss < 1 << 16 or not 0 <= window < 1 << 16:
+            raise ValueError(f"bad SYN cookie settings: rate {rate}, mss {mss}, window {window}")
+        table = self._table("syncookie_cfg")
+        leaf = table.Leaf()
+        leaf.k0, leaf.k1 = key_words
+        if rate:
+            ns_per_syn = max(1, 1_000_000_000 // rate)
+            burst = burst if burst is not None else max(1, rate // 10)
+            leaf.ns_per_syn = ns_per_syn
+            leaf.burst_ns = ns_per_syn * max(1, burst)
+        else:
+            leaf.ns_per_syn = leaf.burst_ns = 0
+        leaf.mss = mss
+        leaf.window = window
         table[ctypes.c_int(0)] = leaf
 
     def _steer_key(self, ip: int, port: int) -> Any:

@@ -17,10 +17,15 @@
 #ifndef XDPSTACK_SYNCOOKIE_H
 #define XDPSTACK_SYNCOOKIE_H
 
-#ifndef __bpf__
+/* The XDP program defines XDPSTACK_BPF before including this (bcc parses with the host's
+ * target, so __bpf__ is not a reliable test); it has the kernel's __u64 etc. already. */
+#ifndef XDPSTACK_BPF
 #include <linux/types.h>
 #include <stddef.h>
 #endif
+
+/* t = CLOCK_MONOTONIC ns >> XDPS_SYNCOOKIE_PERIOD_SHIFT (PERIOD_SHIFT in syncookie.py) */
+#define XDPS_SYNCOOKIE_PERIOD_SHIFT 36
 
 #define XDPS_SIP_ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
 #define XDPS_SIPROUND(v0, v1, v2, v3)                                                         \
@@ -116,7 +121,7 @@ xdps_syncookie(__u64 k0, __u64 k1, __u32 saddr, __u32 daddr, __u16 sport, __u16 
     return ((t & 31) << 27) | ((mss_index & 7) << 24) | (__u32)(mac & 0xffffff);
 }
 
-#ifndef __bpf__
+#ifndef XDPSTACK_BPF
 /* Plain SipHash-2-4 of any byte string, for the tests' reference vectors (userspace only). */
 static inline __u64 xdps_siphash24(__u64 k0, __u64 k1, const __u8 *data, size_t len)
 {

@@ -1,0 +1,261 @@
+"""SYN cookies in the XDP program: SYNs to a steered port over the rate are answered by
+the program itself (``XDP_TX``) with a cookie SYN-ACK that the TCP core accepts, because
+both compute it with ``inetstack/layer4/tcp/syncookie.h`` and the same key.
+
+The namespaces, veth and frame helpers are ``test_xdp_program``'s. B's veth end runs an
+XDP program that passes everything: a veth delivers the ``XDP_TX`` frames of native mode
+only to a peer end that runs XDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import test_xdp_program
+from test_xdp_program import (
+    IP_A,
+    IP_B,
+    Pair,
+    connect_from_b,
+    delta,
+    in_netns,
+    inet_checksum,
+    ip_int,
+    ipv4,
+    run,
+    settle,
+    unbound_xsk,
+)
+
+from xdpstackd.datapath.xdp_program import COUNTER_NAMES
+from xdpstackd.inetstack.config import TcpConfig
+from xdpstackd.inetstack.layer4.tcp import syncookie
+from xdpstackd.inetstack.layer4.tcp.header import ACK, RST, SYN, TcpHeader, parse_tcp
+from xdpstackd.inetstack.layer4.tcp.peer import TcpPeer
+from xdpstackd.netns import InNetns
+
+PORT = 80
+ETH_P_ALL = 0x0003
+OUR_MSS = 1400
+
+pair = test_xdp_program.pair  # the fixtures
+program = test_xdp_program.program
+
+
+def test_the_counters_include_the_xdp_tx_verdict_and_syncookies() -> None:
+    assert COUNTER_NAMES[-2:] == ("tx", "syncookies_sent_xdp")
+
+
+def test_the_programs_period_is_the_cores() -> None:
+    text = Path(syncookie.__file__).with_name("syncookie.h").read_text()
+    assert f"#define XDPS_SYNCOOKIE_PERIOD_SHIFT {syncookie.PERIOD_SHIFT}\n" in text
+
+
+def syn(sport: int, isn: int, options: bytes = b"") -> bytes:
+    doff = 5 + len(options) // 4
+    tcp = struct.pack("!HHIIBBHHH", sport, PORT, isn, 0, doff << 4, SYN, 64240, 0, 0) + options
+    pseudo = socket.inet_aton(IP_B) + socket.inet_aton(IP_A) + struct.pack("!HH", 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", inet_checksum(pseudo + tcp)) + tcp[18:]
+    return ipv4(IP_B, IP_A, 6, tcp)
+
+
+MSS_1460_WSCALE_7 = b"\x02\x04\x05\xb4" + b"\x01\x03\x03\x07"  # MSS, NOP, window scale
+
+
+@contextlib.contextmanager
+def capture_on_b(pair: Pair) -> Iterator[socket.socket]:
+    """An AF_PACKET socket on B's veth end: every frame in or out of it (ETH_P_ALL: only
+    those taps see outgoing frames)."""
+    with in_netns(pair.ns_b):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    with sock:
+        sock.bind((pair.if_b, ETH_P_ALL))  # host order here, unlike socket()
+        sock.settimeout(0.5)
+        yield sock
+
+
+def tcp_frames(sock: socket.socket, want: int, timeout: float = 3.0) -> list[bytes]:
+    """IPv4/TCP frames captured until ``want`` SYN-ACKs from A:PORT (or the timeout)."""
+    frames: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    synacks = 0
+    while synacks < want and time.monotonic() < deadline:
+        try:
+            frame = sock.recv(2048)
+        except TimeoutError:
+            continue
+        if frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue
+        frames.append(frame)
+        if frame[26:30] == socket.inet_aton(IP_A) and frame[47] & (SYN | ACK) == SYN | ACK:
+            synacks += 1
+    return frames
+
+
+def from_a(frame: bytes) -> bool:
+    return frame[26:30] == socket.inet_aton(IP_A)
+
+
+def check_synack(pair: Pair, frame: bytes) -> TcpHeader:
+    """The frame is a well-formed SYN-ACK from A: addresses swapped, checksums right."""
+    assert frame[:6] == pair.mac_b and frame[6:12] == pair.mac_a
+    ip = frame[14:34]
+    assert inet_checksum(ip) == 0, ip.hex()
+    total = struct.unpack("!H", ip[2:4])[0]
+    assert ip[8] == 64 and len(frame) == 14 + total
+    hdr, payload = parse_tcp(frame[34:], ip_int(IP_A), ip_int(IP_B))  # checks the checksum
+    assert hdr.flags == SYN | ACK and not payload and hdr.src_port == PORT
+    return hdr
+
+
+@contextlib.contextmanager
+def xdp_pass_on(ns: str, ifname: str) -> Iterator[None]:
+    """An XDP program that passes everything, native, on ``ifname`` in ``ns``: a veth
+    hands the frames its peer sends with ``XDP_TX`` (native mode) only to an end that runs
+    XDP itself (veth_xdp_flush() wakes the peer's NAPI only then)."""
+    from bcc import BPF
+
+    bpf = BPF(text=b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }")
+    try:
+        fn = bpf.load_func(b"xdp_pass", BPF.XDP)
+        with InNetns(ns):
+            BPF.attach_xdp(ifname.encode(), fn, 0)
+        try:
+            yield
+        finally:
+            with InNetns(ns):
+                BPF.remove_xdp(ifname.encode(), 0)
+    finally:
+        bpf.cleanup()
+
+
+@pytest.fixture
+def peer_xdp_pass(pair: Pair) -> Iterator[Callable[[], None]]:
+    """Call it to run ``xdp_pass_on`` B's end for the rest of the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(xdp_pass_on(pair.ns_b, pair.if_b))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["native", "generic"])
+def test_syns_over_the_rate_get_cookie_synacks_from_xdp_that_the_core_accepts(
+    pair: Pair, program, peer_xdp_pass, mode: str
+) -> None:
+    if mode == "native":
+        peer_xdp_pass()
+    prog = program(mode=mode)
+    prog.steer_add(0, PORT)
+    cookies = syncookie.SynCookies(os.urandom(16))
+    prog.set_syncookies(cookies.key_words, rate=1, burst=1, mss=OUR_MSS)
+    isns = {40000 + i: 0x10000000 * i + 12345 for i in range(6)}
+    before = prog.counters()
+    with capture_on_b(pair) as sock:
+        pair.send_raw(
+            *(pair.eth(0x0800, syn(p, isn, MSS_1460_WSCALE_7)) for p, isn in isns.items())
+        )
+        frames = tcp_frames(sock, want=5)
+    d = settle(prog, before, lambda d: d.get("syncookies_sent_xdp", 0) >= 5)
+    assert d["syncookies_sent_xdp"] == d["tx"] == 5, d
+    synacks = [check_synack(pair, f) for f in frames if from_a(f) and f[47] & SYN]
+    # the first SYN fits the bucket: to the daemon (no AF_XDP socket here: the kernel)
+    assert sorted(h.dst_port for h in synacks) == sorted(isns)[1:]
+    now = time.monotonic()
+    for hdr in synacks:
+        isn = isns[hdr.dst_port]
+        assert hdr.ack_num.value == isn + 1
+        assert hdr.options is not None and hdr.options.mss == OUR_MSS
+        assert hdr.options.window_scale is None and hdr.window == 0xFFFF
+        mss = cookies.check(
+            ip_int(IP_B), ip_int(IP_A), hdr.dst_port, PORT, isn, hdr.seq_num.value, now
+        )
+        assert mss == 1460
+
+
+@pytest.mark.integration
+def test_a_syn_without_options_gets_a_synack_without_options_and_a_536_cookie(
+    pair: Pair, program
+) -> None:
+    prog = program(mode="generic")
+    prog.steer_add(0, PORT)
+    cookies = syncookie.SynCookies(os.urandom(16))
+    prog.set_syncookies(cookies.key_words, rate=1, burst=1, mss=OUR_MSS)
+    with capture_on_b(pair) as sock:
+        pair.send_raw(*(pair.eth(0x0800, syn(41000 + i, 777)) for i in range(3)))
+        frames = tcp_frames(sock, want=2)
+    synacks = [check_synack(pair, f) for f in frames if from_a(f) and f[47] & SYN]
+    assert len(synacks) == 2
+    for hdr in synacks:
+        assert hdr.options is None or hdr.options.mss is None
+        got = cookies.check(
+            ip_int(IP_B), ip_int(IP_A), hdr.dst_port, PORT, 777, hdr.seq_num.value, time.monotonic()
+        )
+        assert got == 536
+
+
+@pytest.mark.integration
+def test_syns_within_the_rate_and_with_cookies_off_go_to_the_daemon(pair: Pair, program) -> None:
+    prog = program(mode="generic")
+    prog.steer_add(0, PORT)
+    key = syncookie.SynCookies(os.urandom(16)).key_words
+    prog.set_syncookies(key, rate=100_000, burst=100, mss=OUR_MSS)
+    before = prog.counters()
+    pair.send_raw(*(pair.eth(0x0800, syn(42000 + i, 1)) for i in range(20)))
+    d = settle(prog, before, lambda d: d.get("no_xsk", 0) >= 20)
+    assert d.get("tx", 0) == 0 and d.get("syncookies_sent_xdp", 0) == 0, d
+    prog.set_syncookies(key, rate=0, mss=OUR_MSS)  # off
+    before = prog.counters()
+    pair.send_raw(*(pair.eth(0x0800, syn(43000 + i, 1)) for i in range(20)))
+    d = settle(prog, before, lambda d: d.get("no_xsk", 0) >= 20)
+    assert d.get("tx", 0) == 0, d
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["native", "generic"])
+def test_a_kernel_clients_ack_of_an_xdp_cookie_opens_a_connection_in_the_core(
+    pair: Pair, program, peer_xdp_pass, mode: str
+) -> None:
+    """B's kernel connects; XDP answers its SYN with a cookie; B's ACK (captured) is fed
+    to a TCP core with the program's key: it opens the connection, data included."""
+    if mode == "native":
+        peer_xdp_pass()
+    prog = program(mode=mode)
+    prog.steer_add(0, PORT)
+    core = TcpPeer(TcpConfig(), ip_int(IP_A))
+    core.isn.cookies.external = True
+    lqd = core.socket()
+    core.bind(lqd, (IP_A, PORT))
+    core.listen(lqd)
+    prog.set_syncookies(core.isn.cookies.key_words, rate=1, burst=1, mss=OUR_MSS)
+    # B's segments are captured on their way out: with their checksums filled in, please
+    run("ip", "netns", "exec", pair.ns_b, "ethtool", "-K", pair.if_b, "tx", "off")
+    with unbound_xsk() as xsk:  # A's kernel must not see (and reset) B's ACK and data
+        prog.set_xsk(0, xsk.fileno())
+        pair.send_raw(pair.eth(0x0800, syn(44000, 1)))  # takes the bucket's one SYN
+        with capture_on_b(pair) as sock:
+            with connect_from_b(pair, PORT) as client:
+                client.sendall(b"through a cookie")
+            frames = tcp_frames(sock, want=1)
+            frames += tcp_frames(sock, want=1, timeout=0.5)  # and what followed
+    from_b = [f for f in frames if not from_a(f)]
+    ack = next(f for f in from_b if f[47] & (SYN | ACK | RST) == ACK)
+    total = struct.unpack("!H", ack[16:18])[0]
+    core.receive(ip_int(IP_B), ip_int(IP_A), ack[34 : 14 + total], time.monotonic())
+    assert core.counters["tcp_syncookies_recv"] == 1, core.counters
+    data = next(f for f in from_b if not f[47] & SYN and struct.unpack("!H", f[16:18])[0] > 40)
+    total = struct.unpack("!H", data[16:18])[0]
+    core.receive(ip_int(IP_B), ip_int(IP_A), data[34 : 14 + total], time.monotonic())
+    core.accept(lqd)
+    (accepted,) = core.poll_completions()
+    qd = accepted.new_qd
+    assert core.snapshot(qd)["flow_control"]["mss"] == 1460  # B's, through the cookie
+    core.pop(qd, None, time.monotonic())
+    (popped,) = core.poll_completions()
+    assert popped.data == b"through a cookie"
+    assert delta(prog, dict.fromkeys(COUNTER_NAMES, 0))["syncookies_sent_xdp"] >= 1
