@@ -41,6 +41,11 @@ class MultiQueueDatapath:
     def transmit(self, frames: list[bytes]) -> int:
         return self.sockets[0].transmit(frames)
 
+    def flush(self) -> int:
+        """The transmit queue of the sending socket (see ``XskSocket.flush``)."""
+        flush = getattr(self.sockets[0], "flush", None)
+        return flush() if flush is not None else 0
+
     def stats(self) -> dict[str, int]:
         total: dict[str, int] = {}
         for sock in self.sockets:
