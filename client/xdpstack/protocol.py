@@ -10,7 +10,9 @@ Hello (once, right after connecting)
     u32 max pending tokens, u64 max bytes in pending pushes: the client's limits, 0 =
     none), or an ``ERROR`` frame (EPROTO for a bad magic, EPROTONOSUPPORT for another
     version, ECONNREFUSED when the daemon is full), after which the daemon closes the
-    connection. Version 2 added ``SERVER_LIMITS`` and :data:`F_QT`.
+    connection. Version 2 added ``SERVER_LIMITS``, :data:`F_QT` and :data:`F_NOREPLY`. The
+    daemon still serves version 1 clients: its hello carries the client's version (a
+    version 1 client ignores the limits after it, and never sets the new flags).
 
 Frames (both directions, after the hello)
     ``HEADER`` = u32 length of the rest (8 + payload), u8 frame type, u8 op, u16 flags,
@@ -86,6 +88,9 @@ from dataclasses import dataclass
 from typing import Any
 
 PROTOCOL_VERSION = 2
+#: The oldest client version the daemon still serves (version 1 clients never set F_QT or
+#: F_NOREPLY and ignore SERVER_LIMITS).
+MIN_PROTOCOL_VERSION = 1
 MAGIC = b"XDPS"
 
 #: Most data bytes one PUSH request or POP completion carries.
@@ -255,15 +260,19 @@ def decode_hello(data: bytes | memoryview) -> int:
 
 
 def encode_server_hello(
-    client_id: int, max_payload: int, limits: tuple[int, int, int] = (0, 0, 0)
+    client_id: int,
+    max_payload: int,
+    limits: tuple[int, int, int] = (0, 0, 0),
+    version: int = PROTOCOL_VERSION,
 ) -> bytes:
-    """``limits``: the client's (max descriptors, max pending tokens, max push bytes)."""
+    """``limits``: the client's (max descriptors, max pending tokens, max push bytes);
+    ``version``: the one the client speaks (an older one the daemon still serves)."""
     descriptors, pending, push_bytes = limits
     return encode_frame(
         FrameType.HELLO,
         Op.NONE,
         0,
-        SERVER_HELLO.pack(PROTOCOL_VERSION, 0, client_id & U32_MAX, max_payload)
+        SERVER_HELLO.pack(version, 0, client_id & U32_MAX, max_payload)
         + SERVER_LIMITS.pack(
             min(descriptors, U32_MAX), min(pending, U32_MAX), min(push_bytes, U64_MAX)
         ),

@@ -119,13 +119,13 @@ class Session(asyncio.Protocol):
                 self.send_error(P.Op.NONE, 0, exc.errno, str(exc))
                 self.drop("bad hello")
                 return
-            if version != P.PROTOCOL_VERSION:
+            if not P.MIN_PROTOCOL_VERSION <= version <= P.PROTOCOL_VERSION:
                 self.send_error(
                     P.Op.NONE,
                     0,
                     errno.EPROTONOSUPPORT,
                     f"protocol version {version} is not supported; "
-                    f"xdpstackd speaks version {P.PROTOCOL_VERSION}",
+                    f"xdpstackd speaks versions {P.MIN_PROTOCOL_VERSION}-{P.PROTOCOL_VERSION}",
                 )
                 self.drop(f"protocol version {version}")
                 return
@@ -137,6 +137,7 @@ class Session(asyncio.Protocol):
                     self.id,
                     server.max_frame,
                     (server.max_descriptors, server.max_pending, server.max_push_bytes),
+                    version,
                 )
             )
         handle = self.server.handle_frame
