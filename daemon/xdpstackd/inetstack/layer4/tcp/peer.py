@@ -141,7 +141,11 @@ class TcpPeer:
                 conn.end_time_wait()
             else:
                 conn.receive(hdr, payload, now)
-                self._schedule(conn)
+                batch = self.ack_batch
+                if batch.active:
+                    batch.touched.add(conn)  # its timers are read once, at the end
+                else:
+                    self._schedule(conn)
                 return
         listener = self.listeners.get((dst_ip, hdr.dst_port)) or self.listeners.get(
             (0, hdr.dst_port)
@@ -164,8 +168,12 @@ class TcpPeer:
         if due:
             for est in due:
                 est.send_batch_ack()
-                self._schedule(est)
             due.clear()
+        touched = batch.touched
+        if touched:
+            for conn in touched:
+                self._schedule(conn)
+            touched.clear()
 
     def poll_transmit(self) -> list[tuple[int, int, bytes]]:
         # connections append to this very list, so it is copied and cleared in place

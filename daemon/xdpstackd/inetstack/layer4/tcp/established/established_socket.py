@@ -12,7 +12,7 @@ import errno
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xdpstackd.inetstack.completion import Completion, OpCode
 from xdpstackd.inetstack.config import TcpConfig
@@ -82,13 +82,18 @@ class AckBatch:
     .. ``end_batch``), the every-second-segment ACK (``A.ACK_DUE``) only marks the
     connection here, and ``end_batch`` sends one ACK per marked connection. Everything
     else that wants an ACK at once (out-of-order data, a filled hole, a FIN, a window
-    update) still gets it at once; a batch of one segment behaves as without batching."""
+    update) still gets it at once; a batch of one segment behaves as without batching.
 
-    __slots__ = ("active", "due")
+    ``touched``: the connections that received segments in the batch; their deadlines are
+    read and scheduled once at its end rather than after every segment (nothing can
+    fire in between: the whole batch is at one ``now``)."""
+
+    __slots__ = ("active", "due", "touched")
 
     def __init__(self) -> None:
         self.active = False
         self.due: list[EstablishedSocket] = []
+        self.touched: set[Any] = set()
 
 
 class EstablishedSocket:
