@@ -40,9 +40,11 @@ space at a time). ``get_write_buffer_size()`` counts the bytes written and not y
 stack's send buffer; above the high-water mark the protocol's ``pause_writing`` is called
 (so ``StreamWriter.drain()`` waits), at or below the low-water mark ``resume_writing``.
 
-Requests to the daemon (``push``, ``pop``, ``accept``...) are round trips on a local Unix
-socket that the loop makes synchronously (the daemon answers at once; completions come
-asynchronously): a loop is never blocked waiting for the network, only for the daemon.
+``push``, ``pop``, ``accept`` and ``connect`` are sent to the daemon without waiting for
+it (their results, errors included, come as completions); other requests (``close``,
+``getpeername``...) are round trips on the local Unix socket that the loop makes
+synchronously: a loop is never blocked waiting for the network, only, briefly, for the
+daemon. A server keeps :data:`ACCEPTS_ARMED` accepts armed.
 A loop's daemon connection belongs to that loop: do not use it from other threads.
 
 ``get_extra_info``: ``peername``, ``sockname`` and ``socket`` (a :class:`TransportSocket`:
@@ -65,6 +67,7 @@ from xdpstack.lib import Lib, QResult
 from xdpstack.lib import connect as _lib_connect
 
 __all__ = [
+    "ACCEPTS_ARMED",
     "MAX_PUSH_IN_FLIGHT",
     "PUSH_CHUNK",
     "Server",
@@ -81,6 +84,8 @@ __all__ = [
 PUSH_CHUNK = 256 << 10
 #: Most bytes a transport has in pushes not yet completed (waiting for send-buffer space).
 MAX_PUSH_IN_FLIGHT = 1 << 20
+#: Accepts a server keeps armed.
+ACCEPTS_ARMED = 16
 #: asyncio's default write-buffer limits.
 DEFAULT_HIGH_WATER = 64 << 10
 #: asyncio.StreamReader's default limit.
@@ -438,7 +443,9 @@ class XdpTransport(asyncio.Transport):
             return
         ll = self._ll
         try:
-            qt = ll.call(ll.lib.pop, self._qd, None)
+            # deferred: it goes out with this loop's next request (a write's push) or
+            # with the dispatch that follows
+            qt = ll.call(lambda: ll.lib.pop(self._qd, None, defer=True))
         except OSError as exc:
             self._fatal_error(exc)
             return
@@ -696,7 +703,7 @@ class Server(asyncio.AbstractServer):
         self._factory = protocol_factory
         self._serving = False
         self._closed = False
-        self._accept_qt: int | None = None
+        self._accept_qts: set[int] = set()  # armed accepts (ACCEPTS_ARMED of them)
         self._transports: set[XdpTransport] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._serving_forever_fut: asyncio.Future[None] | None = None
@@ -752,8 +759,9 @@ class Server(asyncio.AbstractServer):
         self._closed = True
         self._serving = False
         ll = self._ll
-        ll.forget(self._accept_qt)
-        self._accept_qt = None
+        for qt in self._accept_qts:
+            ll.forget(qt)
+        self._accept_qts.clear()
         if not ll.closed:
             try:
                 ll.call(ll.lib.close, self._qd)
@@ -782,19 +790,21 @@ class Server(asyncio.AbstractServer):
 
     # -- accepting -----------------------------------------------------------------------
     def _accept_next(self) -> None:
-        if not self._serving or self._accept_qt is not None:
-            return
+        """Keep ACCEPTS_ARMED accepts with the daemon: a burst of connections is taken
+        from the accept queue as it comes."""
         ll = self._ll
-        try:
-            qt = ll.call(ll.lib.accept, self._qd)
-        except OSError as exc:
-            self._accept_failed(exc)
-            return
-        self._accept_qt = qt
-        ll.submit(qt, self._on_accept)
+        accepts = self._accept_qts
+        while self._serving and len(accepts) < ACCEPTS_ARMED:
+            try:
+                qt = ll.call(lambda: ll.lib.accept(self._qd, defer=True))
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            accepts.add(qt)
+            ll.submit(qt, self._on_accept)
 
-    def _on_accept(self, _qt: int, result: QResult | None, exc: BaseException | None) -> None:
-        self._accept_qt = None
+    def _on_accept(self, qt: int, result: QResult | None, exc: BaseException | None) -> None:
+        self._accept_qts.discard(qt)
         ll = self._ll
         if exc is not None:
             if not self._closed:

@@ -309,6 +309,8 @@ class ApiServer:
         session.qts.clear()
         session.accept_qts.clear()
         session.push_sizes.clear()
+        session.pop_qts.clear()
+        session.pops.clear()
         session.push_bytes = 0
         qds = sorted(session.qds)
         session.qds.clear()
@@ -373,6 +375,15 @@ class ApiServer:
             session.push_bytes -= session.push_sizes.pop(c.qt, 0)
         if session.accept_qts:
             session.accept_qts.discard(c.qt)
+        pops = session.pops
+        if session.pop_qts:
+            pop_qd = session.pop_qts.pop(c.qt, None)
+            if pop_qd is not None:
+                left = pops[pop_qd] - 1
+                if left:
+                    pops[pop_qd] = left
+                else:
+                    del pops[pop_qd]
         if new_qd is not None:
             session.qds.add(new_qd)
             self._qd_owner[new_qd] = session
@@ -380,11 +391,12 @@ class ApiServer:
         frames = P.completion_frame(
             wire_qt, c.qd, int(c.opcode), c.errno, c.data or b"", c.addr, new_qd
         )
-        if (c.opcode == _PUSH and not c.errno) or (
+        if (c.opcode == _PUSH and not c.errno and c.qd in pops) or (
             c.errno == errno.ECANCELED and c.qd not in session.qds
         ):
-            # Nobody waits for it as a rule (a push done; an operation cancelled by the
-            # client's own close): it goes out with the session's next frame.
+            # Nobody waits for it as a rule (a push done on a connection whose client waits
+            # for a pop; an operation cancelled by the client's own close): it goes out with
+            # the session's next frame.
             session.write_lazy(frames)
         else:
             session.writelines(frames)
@@ -608,7 +620,11 @@ class ApiServer:
         # completion must fit one frame.
         if size is None or size > self.max_pop:
             size = self.max_pop
-        return self._token(session, self.engine.pop(qd, size))
+        qt = self._token(session, self.engine.pop(qd, size))
+        # routed (and counted off) after this call returns, even if already complete
+        session.pop_qts[qt] = qd
+        session.pops[qd] = session.pops.get(qd, 0) + 1
+        return qt
 
     def _close(self, session: Session, qd: int) -> None:
         self._own(session, qd)
