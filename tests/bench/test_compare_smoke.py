@@ -32,12 +32,14 @@ METRICS = (
     "rr_per_s",
     "cps",
     "conns_held",
+    "hold_ramp_s",
+    "left_after_release",
     "mem_per_conn",
     "mem_total_per_conn",
 )
 #: Metrics that must be positive on both stacks (memory deltas of a few hundred idle
-#: connections may round to nothing).
-POSITIVE = tuple(m for m in METRICS if not m.startswith("mem"))
+#: connections may round to nothing; no connection may be left after the release).
+POSITIVE = tuple(m for m in METRICS if not m.startswith(("mem", "left")))
 
 
 def _require_tools() -> None:
@@ -98,6 +100,18 @@ def test_compare_smoke(tmp_path: Path) -> None:
     for record in doc["records"]:
         if record["metric"] == "cps":
             assert set(record["values"]["time_wait"].values()) == {0}, record
+    # idle connections: --smoke spreads its 200 over two ports, each with a server and a
+    # client process of its own (the layout that takes 100,000 past RLIMIT_NOFILE); every
+    # one is held, and the paced release leaves none in the stack
+    holds = [r for r in doc["records"] if r["metric"] == "hold"]
+    assert {r["stack"] for r in holds} == {"kernel", "xdpstack"}
+    for record in holds:
+        values = record["values"]
+        assert values["server_processes"] == values["client_processes"] == 2, values
+        assert len(set(values["ports"])) == 2, values
+        assert values["held"] == values["accepted"] == 200, values
+        assert values["left_after_release"] == 0, values
+    assert doc["git"]["start"]["commit"], doc["git"]  # the commit that ran is recorded
 
     png = output.with_suffix(".png")
     assert png.exists() and png.stat().st_size > 0, f"no plot at {png}"
