@@ -565,6 +565,7 @@ class socket:  # the standard library's name
             reset = unread
             if pop_qt is not None and not reset and not self._shut_rd:
                 try:
+                    lib.poll()  # what the daemon has sent: the pop may have brought data
                     reset = lib.done(pop_qt) and bool(lib.wait(pop_qt, 0).data)
                 except (OSError, ValueError):
                     pass

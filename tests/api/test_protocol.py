@@ -403,3 +403,67 @@ def test_mutated_valid_requests_decode_totally(ops: list[Op], data) -> None:
         wire[index] = value
     cut = data.draw(st.integers(0, len(wire)))
     decode_everything(bytes(wire[:cut]))
+
+
+# ======================================================= version 2: tokens, limits, flags
+OURS = 1 << 63
+
+
+@pytest.mark.parametrize(
+    ("wire", "op", "qt", "args"),
+    [
+        (P.request_pop(0, 9, None, OURS + 1), Op.POP, OURS + 1, (9, None)),
+        (P.request_pop(0, 9, 100, 7), Op.POP, 7, (9, 100)),
+        (P.request_accept(0, 3, OURS), Op.ACCEPT, OURS, (3,)),
+        (P.request_connect(0, 3, ("10.0.0.2", 80), 5), Op.CONNECT, 5, (3, ("10.0.0.2", 80))),
+        (P.request_push_head(0, 4, 3, OURS + 2) + b"abc", Op.PUSH, OURS + 2, (4, b"abc")),
+        (P.request_push_head(0, 4, 0, 1), Op.PUSH, 1, (4, b"")),
+    ],
+)
+def test_requests_with_the_clients_token_carry_it_and_f_qt(wire, op, qt, args) -> None:
+    frame = one_frame(wire)
+    assert frame.flags & P.F_QT
+    assert P.decode_request_qt(frame) == (op, qt, args)
+
+
+def test_requests_without_a_token_decode_as_version_1() -> None:
+    for wire in (P.request_pop(5, 9, None), P.request_accept(5, 3)):
+        frame = one_frame(wire)
+        assert not frame.flags & P.F_QT
+        op, qt, args = P.decode_request_qt(frame)
+        assert qt is None and (op, args) == P.decode_request(frame)
+
+
+@pytest.mark.parametrize(
+    ("op", "payload", "flags"),
+    [
+        (Op.GETSOCKNAME, struct.pack("<QI", 1, 2), P.F_QT),  # no token for this op
+        (Op.POP, b"\x01" * 7, P.F_QT),  # shorter than a token
+        (Op.POP, struct.pack("<QI", 1, 2), P.F_QT),  # a token, then too little
+        (Op.PUSH, struct.pack("<Q", 1) + b"\x02", P.F_QT),
+        (Op.ACCEPT, struct.pack("<Q", 1), P.F_QT),
+        (Op.GETSOCKNAME, struct.pack("<I", 2), P.F_NOREPLY),  # a call that is answered
+    ],
+)
+def test_malformed_token_requests_are_einval(op: int, payload: bytes, flags: int) -> None:
+    frame = one_frame(P.encode_frame(FrameType.REQUEST, op, 1, payload, flags))
+    with pytest.raises(ProtocolError) as info:
+        P.decode_request_qt(frame)
+    assert info.value.errno == errno.EINVAL
+
+
+def test_no_reply_close_and_setsockopt_decode_as_their_ops() -> None:
+    frame = one_frame(P.request_qd(Op.CLOSE, 0, 4, P.F_NOREPLY))
+    assert P.decode_request_qt(frame) == (Op.CLOSE, None, (4,))
+    frame = one_frame(P.request_setsockopt(0, 4, "TCP_NODELAY", 1, P.F_NOREPLY))
+    assert P.decode_request_qt(frame) == (Op.SETSOCKOPT, None, (4, "TCP_NODELAY", 1))
+
+
+def test_server_hello_carries_the_clients_limits_and_its_version() -> None:
+    frame = one_frame(P.encode_server_hello(42, 123456, (40, 1000, 1 << 33)))
+    assert P.decode_server_hello(frame.payload) == (P.PROTOCOL_VERSION, 42, 123456)
+    assert P.decode_server_limits(frame.payload) == (40, 1000, 1 << 33)
+    old = one_frame(P.encode_server_hello(42, 123456, version=1))
+    assert P.decode_server_hello(old.payload)[0] == 1
+    # a version 1 daemon's hello has no limits: none known
+    assert P.decode_server_limits(P.SERVER_HELLO.pack(1, 0, 42, 123456)) == (0, 0, 0)

@@ -579,3 +579,99 @@ def test_blocked_recv_in_one_thread_does_not_block_another(daemon: Daemon) -> No
         reader.join(10)
         assert received == [b"wake up"]
         conn.close()
+
+
+# =====================================================================================
+# the lean data path: standing pop, armed accepts, sends that do not wait
+# =====================================================================================
+def wait_for(predicate: object, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def handed_over(engine: object, qd: int | None, start: int, size: int) -> bool:
+    """``size`` bytes arrived since ``rcv_nxt`` was ``start`` and none waits in the stack."""
+    rod = engine.snapshot(qd)["ordered_delivery"]  # type: ignore[attr-defined]
+    return (rod["rcv_nxt"] - start) % (1 << 32) == size and rod["recv_queue_bytes"] == 0
+
+
+def test_data_reaches_the_socket_before_recv_asks_for_it(daemon: Daemon) -> None:
+    """The standing pop: the stack hands arriving data over at once (its receive queue is
+    empty again) and recv takes it from what has arrived."""
+    far, engine = daemon.far, daemon.engine
+    assert far is not None and engine is not None
+    with xsocket.create_server(("", 8000)) as server:
+        fqd, fqt = far.connect((OUR_IP, 8000))
+        conn, _ = server.accept()
+        far.wait_ok(fqt)
+        with conn:
+            conn.setsockopt(xsocket.IPPROTO_TCP, xsocket.TCP_NODELAY, 1)  # sends the pop
+            qd = conn.qd
+            start = engine.snapshot(qd)["ordered_delivery"]["rcv_nxt"]
+            far.wait_ok(far.push(fqd, b"arrived early"))
+            wait_for(lambda: handed_over(engine, qd, start, 13), "the data to be handed over")
+            conn.settimeout(10)
+            assert conn.recv(100) == b"arrived early"
+
+
+def test_close_with_received_data_unread_resets_the_connection(daemon: Daemon) -> None:
+    far, engine = daemon.far, daemon.engine
+    assert far is not None and engine is not None
+    with xsocket.create_server(("", 8000)) as server:
+        fqd, fqt = far.connect((OUR_IP, 8000))
+        conn, _ = server.accept()
+        far.wait_ok(fqt)
+        conn.setsockopt(xsocket.IPPROTO_TCP, xsocket.TCP_NODELAY, 1)
+        qd = conn.qd
+        start = engine.snapshot(qd)["ordered_delivery"]["rcv_nxt"]
+        far.wait_ok(far.push(fqd, b"never read"))
+        wait_for(lambda: handed_over(engine, qd, start, 10), "the data to be handed over")
+        wait_for(lambda: conn.lib.poll(), "the pop's completion to reach this process")
+        conn.close()  # the bytes are in this process, unread: RST, as Linux
+        with pytest.raises(OSError) as info:
+            far.recv_until_eof(fqd)
+        assert info.value.errno == errno.ECONNRESET
+
+
+def test_a_burst_of_connections_does_not_overflow_a_backlog_of_one(daemon: Daemon) -> None:
+    """Accepts are armed ahead: ten connections at once with listen(1) all come through
+    the accept queue without a drop."""
+    far, engine = daemon.far, daemon.engine
+    assert far is not None and engine is not None
+    before = engine.stats()["stack"].get("tcp_drop_accept_queue_full", 0)
+    with xsocket.socket() as server:
+        server.bind(("", 8000))
+        server.listen(1)
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()  # arms the accepts
+        server.setblocking(True)
+        server.getsockname()  # a request: the armed accepts went out before its answer
+        burst = [far.connect((OUR_IP, 8000)) for _ in range(10)]
+        for _fqd, fqt in burst:
+            far.wait_ok(fqt)
+        conns = [server.accept()[0] for _ in burst]
+        assert len({c.qd for c in conns}) == 10
+        for conn in conns:
+            conn.close()
+    assert engine.stats()["stack"].get("tcp_drop_accept_queue_full", 0) == before
+
+
+def test_sendall_does_not_wait_for_the_send_buffer_below_the_bound(daemon: Daemon) -> None:
+    """The far end reads nothing and its window and our send buffer are small: sendall
+    still returns while up to SEND_BUFFER bytes wait for room, and they all arrive once the
+    far end reads."""
+    far = daemon.far
+    assert far is not None
+    data = pattern(xsocket.SEND_BUFFER // 2, seed=5)
+    with xsocket.create_server(("", 8000)) as server:
+        fqd, fqt = far.connect((OUR_IP, 8000))
+        conn, _ = server.accept()
+        far.wait_ok(fqt)
+        with conn:
+            conn.setsockopt(xsocket.SOL_SOCKET, xsocket.SO_SNDBUF, 64 * 1024)
+            conn.sendall(data)  # more than the send buffer and the window take
+            assert conn.lib.pending(), "every push already completed: nothing was bounded"
+            assert sha(far.recv_exactly(fqd, len(data))) == sha(data)
