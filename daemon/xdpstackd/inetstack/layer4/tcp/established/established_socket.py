@@ -427,6 +427,13 @@ class EstablishedSocket:
             self.flow.send(flags, seq.value, rod.rcv_nxt.value, 0, payload)
         self.counters["tcp_segments_out"] += 1
 
+    def on_burst_sent(self, count: int) -> None:
+        """The sender put ``count`` data segments (all with our ACK) on the flow itself:
+        the bookkeeping ``emit`` does per segment, once."""
+        self.cb.rod.on_ack_sent()
+        self._acked_this_round = True
+        self.counters["tcp_segments_out"] += count
+
     def _send_rst(self) -> None:
         rod = self.cb.rod
         self.flow.send(RST | ACK, rod.snd_max.value, rod.rcv_nxt.value, 0, b"")

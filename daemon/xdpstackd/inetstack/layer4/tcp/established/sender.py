@@ -5,6 +5,11 @@ Per segment it honours min(SND.WND, cwnd), the MSS, Nagle's algorithm (RFC 896,
 RFC 1122 4.2.3.4) unless TCP_NODELAY, and sender silly-window avoidance (RFC 9293
 3.8.6.2.1); a FIN rides on the last data segment or goes alone. When the peer's window
 is closed with data waiting and nothing in flight, it arms the persist timer.
+
+A burst of data segments goes straight to the connection's flow: nothing is received
+while it is sent, so the ACK number and the window field (``advertise``, whose result
+depends only on RCV.NXT, the receive queue and the edge it moved itself) are the same
+for every segment of the burst and are worked out once, at its first segment.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
     cb = sock.cb
     rod, fc, cc, cm = cb.rod, cb.fc, cb.cc, cb.cm
     mss = fc.mss
+    send = sock.flow.send
+    window = -1  # the burst's window field, once a segment needs it
+    ack = rod.rcv_nxt.value
+    burst = 0  # data segments sent through the flow
     sent = 0
     while True:
         flight = rod.snd_nxt.distance(rod.snd_una)
@@ -55,9 +64,11 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
             seq = rod.snd_nxt
             if seq < rod.snd_max:
                 sock.counters["tcp_retransmits"] += 1  # going back over lost data after an RTO
-            sock.emit(flags, seq, memoryview(rod.send_buf)[flight : flight + n])
+            if window < 0:
+                window = fc.advertise(rod)
+            send(flags, seq.value, ack, window, memoryview(rod.send_buf)[flight : flight + n])
             rod.on_transmit(n, fin, now, cc.rto_s)
-            sent += 1
+            burst += 1
         elif avail == 0 and rod.fin_queued and not rod.fin_acked:
             if fc.snd_wnd <= flight:
                 break  # a FIN needs window too; the persist timer probes meanwhile
@@ -69,6 +80,9 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
             break
         else:
             break
+    if burst:
+        sock.on_burst_sent(burst)
+        sent += burst
     # persist timer: window closed, data or FIN waiting, nothing in flight to clock an ACK
     waiting = len(rod.send_buf) > 0 or (rod.fin_queued and rod.fin_seq is None)
     if rod.snd_nxt == rod.snd_una and waiting and fc.snd_wnd == 0:
