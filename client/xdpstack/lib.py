@@ -468,11 +468,12 @@ class Lib:
         if self._closed:
             return
         if self._broken is None:
-            for qd in sorted(self._qds):
-                try:
-                    self.close(qd)
-                except OSError:
-                    pass
+            try:
+                for qd in sorted(self._qds):
+                    self.close(qd, wait=False)
+                self.flush()
+            except OSError:
+                pass
         self._qds.clear()
         self.disconnect()
 
