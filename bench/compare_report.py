@@ -168,6 +168,8 @@ def _cell(entry: dict[str, Any], stack: str) -> str:
     s = entry["stacks"].get(stack)
     if s is None:
         return "-"
+    if s["n"] == 1:
+        return f"{_fmt(s['median'])} (1 run)"
     return f"{_fmt(s['median'])} ±{s['spread_pct']:.0f}%"
 
 
@@ -197,7 +199,10 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.append("(median ± half the range over repetitions; ↑ higher is better, ↓ lower)")
+    lines.append(
+        "(median ± half the range over repetitions, or the one value of a single run; "
+        "↑ higher is better, ↓ lower)"
+    )
     return "\n".join(lines)
 
 
