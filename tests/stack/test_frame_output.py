@@ -29,6 +29,7 @@ from xdpstackd.inetstack.layer2.ethernet import (
     build_ethernet,
     parse_ethernet,
 )
+from xdpstackd.inetstack.layer3.checksum import as_buffer, fold_sum, ones_complement_sum, raw_sum
 from xdpstackd.inetstack.layer3.ipv4 import IPPROTO_TCP, build_ipv4, parse_ipv4
 from xdpstackd.inetstack.layer4.tcp.header import (
     ACK,
@@ -324,3 +325,11 @@ def test_a_transfer_in_shared_mode_does_not_look_the_neighbour_up_per_segment() 
     assert bytes(received) == data
     assert a.counters["tcp_segments_out"] > 100
     assert lookups["a"].asked <= 2 and lookups["b"].asked <= 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=2000), initial=st.integers(0, 2**32 - 1))
+def test_the_hot_paths_sums_agree_with_ones_complement_sum(data: bytes, initial: int) -> None:
+    view = memoryview(bytearray(data))
+    assert raw_sum(as_buffer(view), len(view), initial) == ones_complement_sum(data, initial)
+    assert fold_sum(initial) == ones_complement_sum(b"", initial)

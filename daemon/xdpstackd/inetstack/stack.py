@@ -59,9 +59,10 @@ from xdpstackd.inetstack.layer2.ethernet import (
     parse_ethernet,
 )
 from xdpstackd.inetstack.layer3.checksum import (
+    as_buffer,
     fold_sum,
-    ones_complement_sum,
     pseudo_header_sum,
+    raw_sum,
 )
 from xdpstackd.inetstack.layer3.icmp import (
     ICMP_ECHO_REPLY,
@@ -182,7 +183,7 @@ class _FrameFlow:
         i = (i & 0xFFFF) + (i >> 16)
         s = self._tcp_sum + 20 + n + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
         s += flags + window
-        s = ones_complement_sum(payload, s) if n else fold_sum(s)
+        s = raw_sum(as_buffer(payload), n, s) if n else fold_sum(s)
         frame = _FRAME.pack(
             self._mac, stack.mac, ETHERTYPE_IPV4,
             _VERSION_IHL, 0, total, ident, _DF, self._ttl, IPPROTO_TCP,

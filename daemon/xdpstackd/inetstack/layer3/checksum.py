@@ -27,9 +27,20 @@ try:  # the same sum in C (``_checksum.c``), ~4x faster per segment; built at in
     from xdpstackd.inetstack._checksum import lib as _lib
 except ImportError:  # a source tree without the extension built: pure Python is exact too
     ones_complement_sum = _py_ones_complement_sum
+
+    def raw_sum(data: bytes | bytearray | memoryview, length: int, initial: int) -> int:
+        return _py_ones_complement_sum(data, initial)
+
+    def as_buffer(data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+        return data
 else:
     _c_sum = _lib.xdps_ones_complement_sum
     _from_buffer = _ffi.from_buffer
+    #: The per-segment paths call these two directly, one Python frame less than
+    #: ``ones_complement_sum``: ``raw_sum(as_buffer(data), len(data), initial)`` with
+    #: ``initial`` below 2**32 is ``ones_complement_sum(data, initial)``.
+    raw_sum = _c_sum
+    as_buffer = _from_buffer
 
     def ones_complement_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
         """The folded 16-bit one's-complement sum of ``data`` (network order), plus

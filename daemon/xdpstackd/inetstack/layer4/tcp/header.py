@@ -10,7 +10,13 @@ from __future__ import annotations
 import struct
 
 from xdpstackd.inetstack.errors import ChecksumError, ParseError
-from xdpstackd.inetstack.layer3.checksum import fold_sum, ones_complement_sum, pseudo_header_sum
+from xdpstackd.inetstack.layer3.checksum import (
+    as_buffer,
+    fold_sum,
+    ones_complement_sum,
+    pseudo_header_sum,
+    raw_sum,
+)
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
 IPPROTO_TCP = 6
@@ -214,11 +220,11 @@ def parse_tcp(
     header_length = (off >> 4) * 4
     if header_length < TCP_MIN_HEADER_LEN or header_length > n:
         raise ParseError("bad_data_offset", f"data offset {header_length} in {n} bytes")
-    if (
-        verify_checksum
-        and ones_complement_sum(mv, pseudo_header_sum(src_ip, dst_ip, IPPROTO_TCP, n)) != 0xFFFF
-    ):
-        raise ChecksumError("bad_checksum")
+    if verify_checksum:
+        # the pseudo-header's words summed in place (below 2**32: no fold needed)
+        pseudo = (src_ip >> 16) + (src_ip & 0xFFFF) + (dst_ip >> 16) + (dst_ip & 0xFFFF) + n
+        if raw_sum(as_buffer(mv), n, pseudo + IPPROTO_TCP) != 0xFFFF:
+            raise ChecksumError("bad_checksum")
     options = _parse_options(mv[TCP_MIN_HEADER_LEN:header_length]) if header_length > 20 else None
     header = TcpHeader(
         src_port,
@@ -291,7 +297,7 @@ def build_tcp_segment(
         + (_DATA_OFFSET_5 | flags)
         + window
     )
-    s = ones_complement_sum(payload, s) if n else fold_sum(s)
+    s = raw_sum(as_buffer(payload), n, s) if n else fold_sum(s)
     header = _HDR.pack(src_port, dst_port, seq, ack, 0x50, flags, window, ~s & 0xFFFF, 0)
     return header + payload if n else header
 

@@ -25,6 +25,11 @@ from collections import deque
 from xdpstackd.inetstack.layer4.tcp.established import actions as A
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 
+# the per-segment receive path does SeqNumber.distance's arithmetic inline
+_SEQ_SPACE = 1 << 32
+_SEQ_MASK = _SEQ_SPACE - 1
+_SEQ_HALF = 1 << 31
+
 
 class OrderedDelivery:
     __slots__ = (
@@ -217,7 +222,9 @@ class OrderedDelivery:
     ) -> int:
         """An acceptable segment's text and FIN (RFC 9293 3.10.7.4, seventh/eighth steps)."""
         n = len(payload)
-        off = seq.distance(self.rcv_nxt)
+        off = (seq.value - self.rcv_nxt.value) & _SEQ_MASK  # seq.distance(rcv_nxt), inline
+        if off > _SEQ_HALF:
+            off -= _SEQ_SPACE
         if off < 0:  # starts left of RCV.NXT: trim what we already have
             if -off >= n:
                 if fin and -off == n and self.recv_fin_seq is None and not self.eof:
@@ -256,7 +263,7 @@ class OrderedDelivery:
         if n:
             # RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3: ACK at least every second full segment
             # (at once, or at the end of the receive batch: see EstablishedSocket)
-            if self.rcv_nxt.distance(self.rcv_acked) >= 2 * mss:
+            if 2 * mss <= (self.rcv_nxt.value - self.rcv_acked.value) & _SEQ_MASK <= _SEQ_HALF:
                 actions |= A.ACK_DUE
             else:
                 actions |= A.ACK_DELAYED
