@@ -77,7 +77,6 @@ import struct
 import threading
 import warnings
 import weakref
-from collections import deque
 from collections.abc import Callable
 from time import monotonic as _now
 from typing import Any
@@ -460,10 +459,11 @@ class socket:  # the standard library's name
         self._shared = _via if _via is not None else _shared(lib)
         self._timeout: float | None = getdefaulttimeout()
         self._pop_qt: int | None = None  # the standing pop
-        self._accept_qts: deque[int] = deque()  # armed accepts, in the order they complete
+        # lists, not deques: an empty deque costs ~600 bytes, per idle connection
+        self._accept_qts: list[int] = []  # armed accepts, in the order they complete
         self._connect_qt: int | None = None
         self._connect_error = 0
-        self._push_qts: deque[tuple[int, int]] = deque()  # (token, bytes), oldest first
+        self._push_qts: list[tuple[int, int]] = []  # (token, bytes), oldest first
         self._unsent = 0  # bytes in _push_qts
         self._rbuf = bytearray()
         self._eof = False
@@ -551,8 +551,8 @@ class socket:  # the standard library's name
         pop_qt = self._pop_qt
         tokens = self._tokens()
         self._pop_qt = self._connect_qt = None
-        self._accept_qts = deque()
-        self._push_qts = deque()
+        self._accept_qts = []
+        self._push_qts = []
         self._unsent = 0
         unread = bool(self._rbuf) and not self._shut_rd
         self._rbuf = bytearray()
@@ -676,10 +676,10 @@ class socket:  # the standard library's name
             raise
         except OSError:
             if accepts and accepts[0] == qt:
-                accepts.popleft()
+                accepts.pop(0)
             raise
         if accepts and accepts[0] == qt:
-            accepts.popleft()
+            accepts.pop(0)
         assert result.new_qd is not None
         conn = socket(AF_INET, SOCK_STREAM, self.proto, _qd=result.new_qd, _via=self._shared)
         if getdefaulttimeout() is None and self._timeout is not None:
@@ -767,7 +767,7 @@ class socket:  # the standard library's name
         pushes = self._push_qts
         shared = self._shared
         while pushes and shared.done(pushes[0][0]):
-            qt, size = pushes.popleft()
+            qt, size = pushes.pop(0)
             self._unsent -= size
             shared.wait(qt, 0)  # raises its error
 
@@ -778,7 +778,7 @@ class socket:  # the standard library's name
             qt, size = pushes[0]
             self._wait(qt, deadline, nonblocking)  # TimeoutError/BlockingIOError: stays
             if pushes and pushes[0][0] == qt:
-                pushes.popleft()
+                pushes.pop(0)
                 self._unsent -= size
 
     def _push(self, view: memoryview) -> None:
