@@ -148,18 +148,25 @@ class OrderedDelivery:
     def on_transmit(self, nbytes: int, fin: bool, now: float, rto_s: float) -> None:
         """A segment of ``nbytes`` (+FIN) left at SND.NXT."""
         seq = self.snd_nxt
-        end = seq + (nbytes + (1 if fin else 0))
-        if seq < self.snd_max:
-            self.retransmits += 1
-            self.rtt_seq = None  # Karn: never time a retransmitted range
-        elif self.rtt_seq is None:
-            self.rtt_seq = end
-            self.rtt_start = now
+        end = seq + (nbytes + 1 if fin else nbytes)
+        snd_max = self.snd_max
+        if seq.value == snd_max.value:  # new data, the common case: no comparisons needed
+            if self.rtt_seq is None:
+                self.rtt_seq = end
+                self.rtt_start = now
+            self.snd_max = end
+        else:
+            if seq < snd_max:
+                self.retransmits += 1
+                self.rtt_seq = None  # Karn: never time a retransmitted range
+            elif self.rtt_seq is None:
+                self.rtt_seq = end
+                self.rtt_start = now
+            if snd_max < end:
+                self.snd_max = end
         if fin:
             self.fin_seq = end + -1
         self.snd_nxt = end
-        if self.snd_max < end:
-            self.snd_max = end
         if self.retransmit_deadline is None:
             self.retransmit_deadline = now + rto_s  # RFC 6298 5.1
 

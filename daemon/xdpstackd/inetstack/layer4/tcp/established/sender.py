@@ -9,7 +9,8 @@ is closed with data waiting and nothing in flight, it arms the persist timer.
 A burst of data segments goes straight to the connection's flow: nothing is received
 while it is sent, so the ACK number and the window field (``advertise``, whose result
 depends only on RCV.NXT, the receive queue and the edge it moved itself) are the same
-for every segment of the burst and are worked out once, at its first segment.
+for every segment of the burst and are worked out once, at its first segment; so are
+the windows, the congestion window and the RTO, which only ACKs and timers change.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from xdpstackd.inetstack.layer4.tcp.header import ACK, FIN, PSH
+
+_SEQ_SPACE = 1 << 32
+_SEQ_MASK = _SEQ_SPACE - 1
+_SEQ_HALF = 1 << 31
 
 if TYPE_CHECKING:
     from xdpstackd.inetstack.layer4.tcp.established.established_socket import (
@@ -32,16 +37,21 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
     send = sock.flow.send
     window = -1  # the burst's window field, once a segment needs it
     ack = rod.rcv_nxt.value
+    wnd = fc.snd_wnd
+    cwnd = cc.cwnd
+    limit = wnd if wnd < cwnd else cwnd
+    rto_s = cc.rto_s
+    una = rod.snd_una.value
     burst = 0  # data segments sent through the flow
     sent = 0
     while True:
-        flight = rod.snd_nxt.distance(rod.snd_una)
+        flight = (rod.snd_nxt.value - una) & _SEQ_MASK  # rod.snd_nxt.distance(snd_una)
+        if flight > _SEQ_HALF:
+            flight -= _SEQ_SPACE
         buffered = len(rod.send_buf)
         avail = buffered - flight  # bytes not yet (re)sent; negative once the FIN is out
         if avail > 0:
-            wnd = fc.snd_wnd
-            cwnd = cc.cwnd
-            usable = (wnd if wnd < cwnd else cwnd) - flight
+            usable = limit - flight
             n = avail if avail < mss else mss
             if usable < n:
                 n = usable
@@ -62,12 +72,12 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
             if last:
                 flags |= PSH | (FIN if fin else 0)
             seq = rod.snd_nxt
-            if seq < rod.snd_max:
+            if seq.value != rod.snd_max.value and seq < rod.snd_max:
                 sock.counters["tcp_retransmits"] += 1  # going back over lost data after an RTO
             if window < 0:
                 window = fc.advertise(rod)
             send(flags, seq.value, ack, window, memoryview(rod.send_buf)[flight : flight + n])
-            rod.on_transmit(n, fin, now, cc.rto_s)
+            rod.on_transmit(n, fin, now, rto_s)
             burst += 1
         elif avail == 0 and rod.fin_queued and not rod.fin_acked:
             if fc.snd_wnd <= flight:
@@ -75,7 +85,7 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
             if rod.snd_nxt < rod.snd_max:
                 sock.counters["tcp_retransmits"] += 1
             sock.emit(ACK | FIN, rod.snd_nxt, b"")
-            rod.on_transmit(0, True, now, cc.rto_s)
+            rod.on_transmit(0, True, now, rto_s)
             sent += 1
             break
         else:
