@@ -36,9 +36,10 @@ Semantics, where they differ from a kernel socket:
   :data:`NONBLOCKING_SEND_MAX`; none left: ``BlockingIOError``/``TimeoutError``, nothing
   taken). Bytes taken are always sent, in order; an error the stack reports for them
   (``ECONNRESET``, ``EPIPE``...) is raised by the next ``send``.
-* A connected socket keeps one receive request armed with the daemon (a standing pop):
-  data that arrives is delivered to this process without being asked for, and ``recv``
-  takes from what has arrived (up to :data:`RECV_BUFFER` bytes are held here; beyond that
+* From its first ``recv`` on, a socket keeps one receive request armed with the daemon (a
+  standing pop, re-armed with the next request the process sends): data that arrives is
+  delivered to this process without being asked for, and ``recv`` takes from what has
+  arrived (up to :data:`RECV_BUFFER` bytes are held here; beyond that
   the stack's receive window closes as for a kernel socket nobody reads). ``close`` with
   received data unread resets the connection, as Linux does.
 * A listening socket keeps :data:`ACCEPTS_ARMED` accepts armed, so a burst of connections
@@ -684,7 +685,6 @@ class socket:  # the standard library's name
         conn = socket(AF_INET, SOCK_STREAM, self.proto, _qd=result.new_qd, _via=self._shared)
         if getdefaulttimeout() is None and self._timeout is not None:
             conn.setblocking(True)
-        conn._arm_pop()
         self._arm_accepts()  # goes out with the next request or wait
         addr = result.addr
         if addr is None:
@@ -730,7 +730,6 @@ class socket:  # the standard library's name
                 self._connect_qt = None
             raise
         self._connect_qt = None
-        self._arm_pop()
 
     def connect_ex(self, address: Any) -> int:
         """``connect``, returning 0 or the errno instead of raising it."""
@@ -755,7 +754,6 @@ class socket:  # the standard library's name
                 self._connect_error = exc.errno or _errno.EIO
             else:
                 self._connect_qt = None
-                self._arm_pop()
         err, self._connect_error = self._connect_error, 0
         return err
 

@@ -598,8 +598,8 @@ def handed_over(engine: object, qd: int | None, start: int, size: int) -> bool:
 
 
 def test_data_reaches_the_socket_before_recv_asks_for_it(daemon: Daemon) -> None:
-    """The standing pop: the stack hands arriving data over at once (its receive queue is
-    empty again) and recv takes it from what has arrived."""
+    """The standing pop: after a first recv, the stack hands arriving data over at once
+    (its receive queue is empty again) and recv takes it from what has arrived."""
     far, engine = daemon.far, daemon.engine
     assert far is not None and engine is not None
     with xsocket.create_server(("", 8000)) as server:
@@ -607,7 +607,10 @@ def test_data_reaches_the_socket_before_recv_asks_for_it(daemon: Daemon) -> None
         conn, _ = server.accept()
         far.wait_ok(fqt)
         with conn:
-            conn.setsockopt(xsocket.IPPROTO_TCP, xsocket.TCP_NODELAY, 1)  # sends the pop
+            conn.settimeout(10)
+            far.push(fqd, b"first")
+            assert conn.recv(100) == b"first"  # then the pop is re-armed...
+            conn.setsockopt(xsocket.IPPROTO_TCP, xsocket.TCP_NODELAY, 1)  # ...and sent
             qd = conn.qd
             start = engine.snapshot(qd)["ordered_delivery"]["rcv_nxt"]
             far.wait_ok(far.push(fqd, b"arrived early"))
@@ -623,7 +626,10 @@ def test_close_with_received_data_unread_resets_the_connection(daemon: Daemon) -
         fqd, fqt = far.connect((OUR_IP, 8000))
         conn, _ = server.accept()
         far.wait_ok(fqt)
-        conn.setsockopt(xsocket.IPPROTO_TCP, xsocket.TCP_NODELAY, 1)
+        conn.settimeout(10)
+        far.push(fqd, b"read")
+        assert conn.recv(100) == b"read"
+        conn.setsockopt(xsocket.IPPROTO_TCP, xsocket.TCP_NODELAY, 1)  # sends the pop
         qd = conn.qd
         start = engine.snapshot(qd)["ordered_delivery"]["rcv_nxt"]
         far.wait_ok(far.push(fqd, b"never read"))
