@@ -34,7 +34,9 @@ uses to check the ACK that returns it, with the key the daemon wrote into the ma
 the MSS option is read (when it is the SYN's first option, as every common stack sends it)
 and answered (the daemon's MSS; a SYN too short to take a 4-byte option in place gets
 none). This is how a full-rate flood stays out of the AF_XDP ring, which the daemon reads at
-Python speed, so that established connections keep their share of it.
+Python speed, so that established connections keep their share of it. A second bucket
+(ns_per_cookie, off while 0) bounds the cookies sent; SYNs over both rates are dropped
+(counted SYN_DROPPED and DROPPED: the only XDP_DROP).
 
 "Goes to the daemon" is bpf_redirect_map(&xsks, rx_queue_index, XDP_PASS): when the
  * rx queue's XSKMAP slot is empty (the daemon is not serving that queue, or it is starting
@@ -42,11 +44,11 @@ Python speed, so that established connections keep their share of it.
  * and PASSED). A helper-level redirect can still fail later inside the kernel (an XSK bound
  * to another device or queue, a full rx ring); the kernel counts those drops, not us.
  *
- * The program never returns XDP_DROP: a frame it does not want to handle is the kernel's.
- * DROPPED exists so that the counter set is stable for xdpstackctl; it stays 0.
+ * The program returns XDP_DROP only for SYNs over both SYN rates (SYN cookies, above):
+ * any other frame it does not want to handle is the kernel's.
  *
  * Counter accounting: each frame adds 1 to exactly one of PASSED, REDIRECTED, DROPPED or TX.
- * The other counters say why, and overlap with those three (a malformed frame counts in
+ * The other counters say why, and overlap with those four (a malformed frame counts in
  * MALFORMED and in PASSED; a redirected ARP packet in ARP_REDIRECTED and REDIRECTED).
  * Keep enum xdpstack_counter in step with COUNTER_NAMES in xdp_program.py (a test checks).
  *
@@ -79,7 +81,7 @@ Python speed, so that established connections keep their share of it.
 enum xdpstack_counter {
     XDPSTACK_C_PASSED = 0,      /* verdict XDP_PASS */
     XDPSTACK_C_REDIRECTED,      /* verdict XDP_REDIRECT (into an AF_XDP socket) */
-    XDPSTACK_C_DROPPED,         /* verdict XDP_DROP: never, kept for a stable set */
+    XDPSTACK_C_DROPPED,         /* verdict XDP_DROP: SYNs over both SYN rates only */
     XDPSTACK_C_MALFORMED,       /* truncated or inconsistent Ethernet/ARP/IPv4/TCP; passed */
     XDPSTACK_C_TCP_REDIRECTED,  /* TCP segments redirected */
     XDPSTACK_C_ARP_REDIRECTED,  /* ARP for the owned address redirected */
@@ -89,6 +91,7 @@ enum xdpstack_counter {
     XDPSTACK_C_VLAN,            /* VLAN-tagged frames; passed */
     XDPSTACK_C_TX,              /* verdict XDP_TX: a reply sent back out (SYN cookies) */
     XDPSTACK_C_SYNCOOKIES_SENT_XDP, /* SYNs over the rate answered with a cookie SYN-ACK */
+    XDPSTACK_C_SYN_DROPPED,     /* SYNs over both rates (to the daemon, cookies); dropped */
     XDPSTACK_C_MAX,
 };
 
@@ -107,6 +110,8 @@ struct xdpstack_syncookie {
     __u64 k0, k1;     /* SipHash key, as syncookie.h takes it */
     __u64 ns_per_syn; /* 1e9 / rate: credit one SYN costs; 0 = off (all SYNs to the daemon) */
     __u64 burst_ns;   /* bucket depth: SYNs let through back to back * ns_per_syn */
+    __u64 ns_per_cookie; /* the same for cookie SYN-ACKs; 0 = no limit */
+    __u64 cookie_burst_ns;
     __u32 mss;        /* the daemon's MSS, announced in the cookie SYN-ACK */
     __u32 window;     /* its window (unscaled: a cookie cannot carry a window scale) */
 };
@@ -128,7 +133,7 @@ BPF_XSKMAP(xsks, XDPSTACK_MAX_QUEUES);
 BPF_PERCPU_ARRAY(counters, __u64, XDPSTACK_C_MAX);
 BPF_ARRAY(config, struct xdpstack_config, 1);
 BPF_ARRAY(syncookie_cfg, struct xdpstack_syncookie, 1);
-BPF_PERCPU_ARRAY(syn_bucket, struct syn_bucket, 1);
+BPF_PERCPU_ARRAY(syn_bucket, struct syn_bucket, 2); /* SYN_BUCKET_* */
 
 static __always_inline void count(__u32 idx)
 {
@@ -173,18 +178,20 @@ static __always_inline int steered(__be32 daddr, __be16 dport)
     return steering.lookup(&key) != NULL;
 }
 
-/* Whether one more SYN fits this CPU's bucket (and take its credit if so). */
-static __always_inline int syn_within_rate(const struct xdpstack_syncookie *sc)
+#define SYN_BUCKET_DAEMON 0 /* SYNs to the daemon */
+#define SYN_BUCKET_COOKIE 1 /* cookie SYN-ACKs sent */
+
+/* Whether one more SYN fits this CPU's bucket idx (and take its credit if so). */
+static __always_inline int within_rate(__u32 idx, __u64 ns_per, __u64 burst_ns)
 {
-    __u32 zero = 0;
-    struct syn_bucket *bucket = syn_bucket.lookup(&zero);
+    struct syn_bucket *bucket = syn_bucket.lookup(&idx);
     if (!bucket)
         return 1;
     __u64 now = bpf_ktime_get_ns();
     __u64 tat = bucket->tat > now ? bucket->tat : now;
-    if (tat + sc->ns_per_syn - now > sc->burst_ns)
+    if (tat + ns_per - now > burst_ns)
         return 0;
-    bucket->tat = tat + sc->ns_per_syn;
+    bucket->tat = tat + ns_per;
     return 1;
 }
 
@@ -356,7 +363,14 @@ int xdpstack_rx(struct xdp_md *ctx)
     if (steered(daddr, tcp->dest)) {
         if (tcp->syn && !tcp->ack && !tcp->rst) {
             struct xdpstack_syncookie *sc = syncookie_cfg.lookup(&zero);
-            if (sc && sc->ns_per_syn && !syn_within_rate(sc)) {
+            if (sc && sc->ns_per_syn &&
+                !within_rate(SYN_BUCKET_DAEMON, sc->ns_per_syn, sc->burst_ns)) {
+                if (sc->ns_per_cookie &&
+                    !within_rate(SYN_BUCKET_COOKIE, sc->ns_per_cookie, sc->cookie_burst_ns)) {
+                    count(XDPSTACK_C_SYN_DROPPED);
+                    count(XDPSTACK_C_DROPPED);
+                    return XDP_DROP;
+                }
                 int action = syn_cookie_reply(ctx, sc);
                 if (action >= 0)
                     return action;

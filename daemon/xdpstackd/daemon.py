@@ -197,6 +197,17 @@ def run(settings: Settings) -> int:
             owned_address=owned,
             neighbour_lookup=neighbour_lookup,
         )
+        # SYN cookies in XDP for SYNs over the rate, with the key the core checks them with
+        cookies = stack.tcp.isn.cookies
+        syn_rate = settings.xdp_syn_rate if stack_config.tcp.syncookies else 0
+        xdp.set_syncookies(
+            cookies.key_words,
+            rate=syn_rate,
+            mss=stack.tcp.config.mss,
+            window=min(stack_config.tcp.recv_buffer_bytes, 0xFFFF),
+            cookie_rate=settings.xdp_syncookie_rate,
+        )
+        cookies.external = syn_rate > 0
         return _serve(settings, stack, datapath, xdp, sandbox, info)
     return 0
 

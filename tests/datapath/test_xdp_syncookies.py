@@ -50,7 +50,7 @@ program = test_xdp_program.program
 
 
 def test_the_counters_include_the_xdp_tx_verdict_and_syncookies() -> None:
-    assert COUNTER_NAMES[-2:] == ("tx", "syncookies_sent_xdp")
+    assert COUNTER_NAMES[-3:] == ("tx", "syncookies_sent_xdp", "syn_dropped")
 
 
 def test_the_programs_period_is_the_cores() -> None:
@@ -214,6 +214,19 @@ def test_syns_within_the_rate_and_with_cookies_off_go_to_the_daemon(pair: Pair, 
     pair.send_raw(*(pair.eth(0x0800, syn(43000 + i, 1)) for i in range(20)))
     d = settle(prog, before, lambda d: d.get("no_xsk", 0) >= 20)
     assert d.get("tx", 0) == 0, d
+
+
+@pytest.mark.integration
+def test_syns_over_both_the_daemons_and_the_cookie_rate_are_dropped(pair: Pair, program) -> None:
+    prog = program(mode="generic")
+    prog.steer_add(0, PORT)
+    key = syncookie.SynCookies(os.urandom(16)).key_words
+    prog.set_syncookies(key, rate=1, burst=1, mss=OUR_MSS, cookie_rate=1)
+    before = prog.counters()
+    pair.send_raw(*(pair.eth(0x0800, syn(45000 + i, 1)) for i in range(5)))
+    d = settle(prog, before, lambda d: d.get("syn_dropped", 0) >= 3)
+    assert d["syncookies_sent_xdp"] == d["tx"] == 1, d
+    assert d["syn_dropped"] == d["dropped"] == 3, d
 
 
 @pytest.mark.integration

@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Counter names, in the order of ``enum xdpstack_counter`` in ``bpf/xdpstack.bpf.c``
 #: (``XDPSTACK_C_PASSED`` -> ``"passed"``). Each frame adds 1 to exactly one of
-#: ``passed``, ``redirected``, ``dropped`` (always 0: the program never drops); the others
-#: give reasons and overlap with those three.
+#: ``passed``, ``redirected``, ``dropped`` (only SYNs over both SYN rates: ``syn_dropped``)
+#: and ``tx`` (SYN cookies); the others give reasons and overlap with those four.
 COUNTER_NAMES: tuple[str, ...] = (
     "passed",
     "redirected",
@@ -64,6 +64,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "vlan",
     "tx",
     "syncookies_sent_xdp",
+    "syn_dropped",
 )
 
 #: ``config.flags``: in owned-address mode, redirect every TCP segment to the owned
@@ -555,6 +556,7 @@ class XdpProgram:
         mss: int,
         window: int = 0xFFFF,
         burst: int | None = None,
+        cookie_rate: int = 0,
     ) -> None:
         """Answer SYNs to steered ports over ``rate`` a second (per CPU; 0 = off: every
         SYN goes to the daemon) with cookie SYN-ACKs made with ``key_words`` (SipHash's
@@ -572,6 +574,12 @@ class XdpProgram:
             leaf.burst_ns = ns_per_syn * max(1, burst)
         else:
             leaf.ns_per_syn = leaf.burst_ns = 0
+        if rate and cookie_rate:
+            ns_per_cookie = max(1, 1_000_000_000 // cookie_rate)
+            leaf.ns_per_cookie = ns_per_cookie
+            leaf.cookie_burst_ns = ns_per_cookie * max(1, cookie_rate // 10)
+        else:
+            leaf.ns_per_cookie = leaf.cookie_burst_ns = 0
         leaf.mss = mss
         leaf.window = window
         table[ctypes.c_int(0)] = leaf
