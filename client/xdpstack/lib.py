@@ -395,9 +395,7 @@ class Lib:
         token = self._tokens.get(qt)
         if token is None:
             raise ValueError(f"unknown queue token {qt!r} (never issued, or already waited)")
-        if self._out:
-            self.flush()
-        if not token.done:
+        if not token.done:  # (_pump sends the deferred requests before it looks or blocks)
             deadline = None if timeout is None else _now() + max(0.0, timeout)
             while not token.done:
                 self._pump(deadline)
@@ -415,8 +413,6 @@ class Lib:
             if token is None:
                 raise ValueError(f"unknown queue token {qt!r} (never issued, or already waited)")
             tokens.append(token)
-        if self._out:
-            self.flush()
         deadline = None if timeout is None else _now() + max(0.0, timeout)
         while True:
             for i, token in enumerate(tokens):
