@@ -359,10 +359,18 @@ class Lib:
         return self._call(lambda rid: P.request_qd(P.Op.GETPEERNAME, rid, qd))
 
     def setsockopt(
-        self, qd: int, name: str | int, value: int | float | bool, *, wait: bool = True
+        self,
+        qd: int,
+        name: str | int,
+        value: int | float | bool,
+        *,
+        wait: bool = True,
+        defer: bool = False,
     ) -> None:
         """``wait=False``: do not wait for the daemon's answer (an error is not
-        reported: for a value that cannot fail, such as TCP_NODELAY 0 or 1)."""
+        reported: for a value that cannot fail, such as TCP_NODELAY 0 or 1); with
+        ``defer`` too, the request goes out with this Lib's next send or wait (before
+        any later push, so in time for an option that only matters to them)."""
         if isinstance(value, bool):
             value = int(value)
         if not isinstance(value, int | float):
@@ -370,9 +378,13 @@ class Lib:
         opt = _option_name(name)
         if wait:
             self._call(lambda rid: P.request_setsockopt(rid, qd, opt, value))
+            return
+        self._check_usable()
+        frame = P.request_setsockopt(0, qd, opt, value, P.F_NOREPLY)
+        if defer:
+            self._out.append(frame)
         else:
-            self._check_usable()
-            self._send([P.request_setsockopt(0, qd, opt, value, P.F_NOREPLY)])
+            self._send([frame])
 
     def getsockopt(self, qd: int, name: str | int) -> int | float:
         opt = _option_name(name)

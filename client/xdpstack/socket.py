@@ -1016,9 +1016,11 @@ class socket:  # the standard library's name
             return
         name = stack_option(level, optname)
         if name in _FLAG_OPTIONS:
-            # A flag cannot fail on a descriptor we hold: no wait for the daemon.
+            # A flag cannot fail on a descriptor we hold: no wait for the daemon. Nagle
+            # only matters to later sends, so TCP_NODELAY even goes with the next request.
             qd, lib, flag = self._check(), self._shared.lib, int(bool(number))
-            self._shared.call(lambda: lib.setsockopt(qd, name, flag, wait=False))
+            defer = name == "TCP_NODELAY"
+            self._shared.call(lambda: lib.setsockopt(qd, name, flag, wait=False, defer=defer))
             return
         self._call(self._shared.lib.setsockopt, name, number)
 

@@ -610,7 +610,7 @@ def test_data_reaches_the_socket_before_recv_asks_for_it(daemon: Daemon) -> None
             conn.settimeout(10)
             far.push(fqd, b"first")
             assert conn.recv(100) == b"first"  # then the pop is re-armed...
-            conn.setsockopt(xsocket.IPPROTO_TCP, xsocket.TCP_NODELAY, 1)  # ...and sent
+            conn.getsockname()  # ...and sent with this request
             qd = conn.qd
             start = engine.snapshot(qd)["ordered_delivery"]["rcv_nxt"]
             far.wait_ok(far.push(fqd, b"arrived early"))
@@ -629,7 +629,7 @@ def test_close_with_received_data_unread_resets_the_connection(daemon: Daemon) -
         conn.settimeout(10)
         far.push(fqd, b"read")
         assert conn.recv(100) == b"read"
-        conn.setsockopt(xsocket.IPPROTO_TCP, xsocket.TCP_NODELAY, 1)  # sends the pop
+        conn.getsockname()  # the re-armed pop goes with this request
         qd = conn.qd
         start = engine.snapshot(qd)["ordered_delivery"]["rcv_nxt"]
         far.wait_ok(far.push(fqd, b"never read"))
