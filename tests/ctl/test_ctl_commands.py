@@ -308,7 +308,9 @@ def test_stats_counters_by_layer_and_drops(daemon: Daemon, lib: xdpstack.Lib, ct
     j = json.loads(r.out)
     assert list(j) == ["summary", "counters", "drops", "datapath", "xdp", "api", "engine"]
     s = j["summary"]
-    assert s["segments_in"] > 10 and s["segments_out"] > 70  # 100 kB in 1460-byte segments
+    # 100 kB in 1460-byte segments; the far stack ACKs once per receive batch, so only
+    # the handshake and a few ACKs come back
+    assert s["segments_in"] >= 2 and s["segments_out"] > 70
     assert s["segments_in"] == j["counters"]["tcp"]["segments_in"]
     assert s["segments_out"] == j["counters"]["tcp"]["segments_out"]
     assert s["checksum_failures"] == 2 and s["malformed"] == 1 and s["drops"] >= 3
