@@ -559,16 +559,18 @@ class Lib:
         token = self._new_token(opcode, qd)
         if ask or (self.max_pending and len(self._wire) >= self.max_pending):
             dqt = self._call(lambda rid: build(rid, None))
+            if opcode is OpCode.ACCEPT:
+                self._accepts += 1
+            self._attach(token, dqt)  # (its completion may be in _early already)
         else:
-            dqt = token.qt
-            frame = build(0, dqt)
+            frame = build(0, token.qt)
+            if opcode is OpCode.ACCEPT:
+                self._accepts += 1
+            self._attach(token, token.qt)  # before it is sent: the answer may come meanwhile
             if defer:
                 self._out.append(frame)
             else:
                 self._send([frame])
-        if opcode is OpCode.ACCEPT:
-            self._accepts += 1
-        self._attach(token, dqt)
         return self._issued(token)
 
     def _push_part(self, token: _Token, qd: int, part: memoryview, first: bool) -> None:
@@ -583,14 +585,19 @@ class Lib:
             rid = next(self._rids) & P.U32_MAX
             self._send([P.request_push_head(rid, qd, size), part])
             dqt = self._await_reply(rid)
+            if size:
+                self._push_sizes[dqt] = size
+                self._push_held += size
+            self._attach(token, dqt)
         else:
             dqt = next(self._qts) if not first else token.qt
             self._check_usable()
-            self._send([P.request_push_head(0, qd, size, dqt), part])
-        if size:
-            self._push_sizes[dqt] = size
-            self._push_held += size
-        self._attach(token, dqt)
+            head = P.request_push_head(0, qd, size, dqt)
+            if size:
+                self._push_sizes[dqt] = size
+                self._push_held += size
+            self._attach(token, dqt)  # before it is sent: the answer may come meanwhile
+            self._send([head, part])
 
     def _await_reply(self, rid: int) -> Any:
         while self._reply is None:
