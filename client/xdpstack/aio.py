@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import errno as _errno
+import functools
 import socket as _std
 import weakref
 from collections.abc import Awaitable, Callable
@@ -516,8 +517,10 @@ class XdpTransport(asyncio.Transport):
         while wbuf and self._in_flight < MAX_PUSH_IN_FLIGHT:
             n = min(len(wbuf), PUSH_CHUNK)
             chunk = bytes(wbuf[:n])
+            # nobody waits for its completion while the buffer stays below the high mark
+            lazy = self._in_flight + len(wbuf) <= self._high
             try:
-                qt = ll.call(ll.lib.push, self._qd, chunk)
+                qt = ll.call(functools.partial(ll.lib.push, self._qd, chunk, lazy=lazy))
             except OSError as exc:
                 self._fatal_error(exc)
                 return

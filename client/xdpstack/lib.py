@@ -273,10 +273,12 @@ class Lib:
             OpCode.CONNECT, qd, lambda rid, qt: P.request_connect(rid, qd, addr, qt)
         )
 
-    def push(self, qd: int, data: bytes | bytearray | memoryview) -> int:
+    def push(self, qd: int, data: bytes | bytearray | memoryview, *, lazy: bool = False) -> int:
         """Queue ``data`` for sending; the token completes when all of it is in the send
         buffer. Pushes on one descriptor keep their order. Returns once the bytes are
-        written to the daemon connection (``data`` is free again)."""
+        written to the daemon connection (``data`` is free again). ``lazy``: the caller
+        does not mean to wait for the token soon; its completion may come with the
+        daemon's next message (a millisecond later at most) instead of on its own."""
         _check_qd(qd)
         view = memoryview(data)
         if view.format != "B" or view.ndim != 1:
@@ -284,11 +286,11 @@ class Lib:
         step = self.max_push
         token = self._new_token(OpCode.PUSH, qd)
         if len(view) <= step:
-            self._push_part(token, qd, view, first=True)
+            self._push_part(token, qd, view, True, lazy)
             return self._issued(token)
         for start in range(0, len(view), step):
             try:
-                self._push_part(token, qd, view[start : start + step], first=start == 0)
+                self._push_part(token, qd, view[start : start + step], start == 0, lazy)
             except OSError as exc:
                 if start == 0:
                     raise
@@ -573,7 +575,7 @@ class Lib:
                 self._send([frame])
         return self._issued(token)
 
-    def _push_part(self, token: _Token, qd: int, part: memoryview, first: bool) -> None:
+    def _push_part(self, token: _Token, qd: int, part: memoryview, first: bool, lazy: bool) -> None:
         size = len(part)
         limit = self.max_push_bytes
         held = self._push_held
@@ -592,7 +594,7 @@ class Lib:
         else:
             dqt = next(self._qts) if not first else token.qt
             self._check_usable()
-            head = P.request_push_head(0, qd, size, dqt)
+            head = P.request_push_head(0, qd, size, dqt, lazy)
             if size:
                 self._push_sizes[dqt] = size
                 self._push_held += size

@@ -52,6 +52,10 @@ Requests without a reply (:data:`F_QT`)
     where a limit could refuse a call, it uses the replied form, so that the refusal
     comes back at once.
 
+    A PUSH may add :data:`F_LAZY`: the client does not wait for it, so its (successful)
+    COMPLETION goes out with the session's next frame -- typically a pop's data -- or
+    after a millisecond, instead of waking the client on its own.
+
     CLOSE, ABORT and SETSOCKOPT with :data:`F_NOREPLY` get no reply either (the payload
     as without it); a failure is counted by the daemon, not reported. For calls that
     cannot fail as the client makes them (closing a descriptor it holds, TCP_NODELAY on
@@ -139,6 +143,9 @@ F_END = 0x0002
 F_QT = 0x0004
 # REQUEST (CLOSE, ABORT, SETSOCKOPT): no reply; a failure is counted, not reported.
 F_NOREPLY = 0x0008
+# REQUEST (PUSH with F_QT): the client does not wait for this push; its completion may
+# wait for the session's next frame (a millisecond at most).
+F_LAZY = 0x0010
 
 
 class FrameType(enum.IntEnum):
@@ -523,9 +530,11 @@ def request_connect(request_id: int, qd: int, addr: Any, qt: int | None = None) 
     return request(Op.CONNECT, request_id, payload, F_QT)
 
 
-def request_push_head(request_id: int, qd: int, data_len: int, qt: int | None = None) -> bytes:
-    """Header + qd of a PUSH (with ``qt``: the no-reply form, :data:`F_QT`); send ``data``
-    right after it (e.g. with ``sendmsg``)."""
+def request_push_head(
+    request_id: int, qd: int, data_len: int, qt: int | None = None, lazy: bool = False
+) -> bytes:
+    """Header + qd of a PUSH (with ``qt``: the no-reply form, :data:`F_QT`; ``lazy``:
+    :data:`F_LAZY` too); send ``data`` right after it (e.g. with ``sendmsg``)."""
     if qt is None:
         return _PUSH_HEAD.pack(
             LENGTH_REST + 4 + data_len,
@@ -539,7 +548,7 @@ def request_push_head(request_id: int, qd: int, data_len: int, qt: int | None = 
         LENGTH_REST + 12 + data_len,
         FrameType.REQUEST,
         Op.PUSH,
-        F_QT,
+        F_QT | F_LAZY if lazy else F_QT,
         request_id,
         qt,
         _check_u32(qd, "qd"),

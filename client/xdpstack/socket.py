@@ -784,9 +784,14 @@ class socket:  # the standard library's name
         # caller's buffer is free again at once, whatever happens to the token.
         if self._shut_wr:
             raise BrokenPipeError(_errno.EPIPE, os.strerror(_errno.EPIPE))
-        qt = self._call(self._shared.lib.push, view)
-        self._push_qts.append((qt, len(view)))
-        self._unsent += len(view)
+        size = len(view)
+        # Its completion may come late (with the next pop's data) while this socket will
+        # not wait for it: it keeps the send below half the bound.
+        lazy = self._unsent + size <= SEND_BUFFER // 2
+        qd, lib = self._check(), self._shared.lib
+        qt = self._shared.call(lambda: lib.push(qd, view, lazy=lazy))
+        self._push_qts.append((qt, size))
+        self._unsent += size
 
     def _fail_push(self, exc: OSError) -> None:
         """A failed push's error: the pushes behind it are moot."""

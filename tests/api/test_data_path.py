@@ -9,6 +9,7 @@ import asyncio
 import errno
 from typing import Any
 
+import pytest
 from harness import FAR_IP, Daemon
 from test_robustness import Raw
 
@@ -227,3 +228,21 @@ def test_a_lazy_frame_alone_goes_after_its_delay(monkeypatch) -> None:
         assert len(transport.writes) == 1
     finally:
         loop.close()
+
+
+def test_a_lazy_push_completes_with_the_pops_data(daemon: Daemon, monkeypatch) -> None:
+    """F_LAZY: the client does not wait for this push, so its completion does not come on
+    its own (here: not within the test's patience), but with the next frame."""
+    monkeypatch.setattr(session_module, "LAZY_FLUSH_S", 3600.0)
+    raw = Raw(daemon.path)
+    qd, far_qd = connected(daemon, raw, 82)
+    raw.send(P.request_pop(0, qd, None, OURS + 1))
+    raw.send(P.request_push_head(0, qd, 4, OURS + 2, lazy=True) + b"ping")
+    assert daemon.far.recv_exactly(far_qd, 4) == b"ping"
+    raw.sock.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        raw.frame()
+    raw.sock.settimeout(WAIT)
+    daemon.far.push(far_qd, b"pong")
+    push, pop = completion(raw), completion(raw)
+    assert (push.qt, push.errno, pop.qt, pop.data) == (OURS + 2, 0, OURS + 1, b"pong")

@@ -467,3 +467,9 @@ def test_server_hello_carries_the_clients_limits_and_its_version() -> None:
     assert P.decode_server_hello(old.payload)[0] == 1
     # a version 1 daemon's hello has no limits: none known
     assert P.decode_server_limits(P.SERVER_HELLO.pack(1, 0, 42, 123456)) == (0, 0, 0)
+
+
+def test_a_lazy_push_carries_f_lazy() -> None:
+    frame = one_frame(P.request_push_head(0, 4, 2, OURS, lazy=True) + b"ab")
+    assert frame.flags == P.F_QT | P.F_LAZY
+    assert P.decode_request_qt(frame) == (Op.PUSH, OURS, (4, b"ab"))

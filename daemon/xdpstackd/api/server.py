@@ -155,6 +155,7 @@ class ApiServer:
         self._ids = itertools.count(1)
         self._qt_owner: dict[int, tuple[Session, int]] = {}  # engine qt -> (session, its qt)
         self._wire_qt: int | None = None  # the client's token of the F_QT request in hand
+        self._lazy = False  # the request in hand is a PUSH with F_LAZY
         self._qd_owner: dict[int, Session] = {}
         self._in_call = False
         self._request_id = 0  # of the request being handled
@@ -309,8 +310,7 @@ class ApiServer:
         session.qts.clear()
         session.accept_qts.clear()
         session.push_sizes.clear()
-        session.pop_qts.clear()
-        session.pops.clear()
+        session.lazy_qts.clear()
         session.push_bytes = 0
         qds = sorted(session.qds)
         session.qds.clear()
@@ -375,15 +375,10 @@ class ApiServer:
             session.push_bytes -= session.push_sizes.pop(c.qt, 0)
         if session.accept_qts:
             session.accept_qts.discard(c.qt)
-        pops = session.pops
-        if session.pop_qts:
-            pop_qd = session.pop_qts.pop(c.qt, None)
-            if pop_qd is not None:
-                left = pops[pop_qd] - 1
-                if left:
-                    pops[pop_qd] = left
-                else:
-                    del pops[pop_qd]
+        lazy = False
+        if session.lazy_qts and c.qt in session.lazy_qts:
+            session.lazy_qts.discard(c.qt)
+            lazy = not c.errno
         if new_qd is not None:
             session.qds.add(new_qd)
             self._qd_owner[new_qd] = session
@@ -391,12 +386,9 @@ class ApiServer:
         frames = P.completion_frame(
             wire_qt, c.qd, int(c.opcode), c.errno, c.data or b"", c.addr, new_qd
         )
-        if (c.opcode == _PUSH and not c.errno and c.qd in pops) or (
-            c.errno == errno.ECANCELED and c.qd not in session.qds
-        ):
-            # Nobody waits for it as a rule (a push done on a connection whose client waits
-            # for a pop; an operation cancelled by the client's own close): it goes out with
-            # the session's next frame.
+        if lazy or (c.errno == errno.ECANCELED and c.qd not in session.qds):
+            # Nobody waits for it (a push the client said it does not wait for; an
+            # operation cancelled by the client's own close): it goes with the next frame.
             session.write_lazy(frames)
         else:
             session.writelines(frames)
@@ -430,6 +422,7 @@ class ApiServer:
             session.send_error(op_num, rid, errno.ENOSYS, f"{op.name} is not implemented")
             return
         if wire_qt is not None:
+            self._lazy = bool(frame.flags & P.F_LAZY)
             self._handle_no_reply(session, op, wire_qt, handler, args)
             return
         if frame.flags & P.F_NOREPLY:  # CLOSE, ABORT, SETSOCKOPT: a failure only counted
@@ -485,6 +478,7 @@ class ApiServer:
             err = errno.EIO
         finally:
             self._wire_qt = None
+            self._lazy = False
             self._in_call = False
             if self._held:
                 self._flush_held()
@@ -607,6 +601,8 @@ class ApiServer:
                 f"{size} more would pass its limit of {self.max_push_bytes}",
             )
         qt = self._token(session, self.engine.push(qd, data))
+        if self._lazy:
+            session.lazy_qts.add(qt)
         if size:
             # routed (and subtracted) after this call returns, even if already complete
             session.push_sizes[qt] = size
@@ -620,11 +616,7 @@ class ApiServer:
         # completion must fit one frame.
         if size is None or size > self.max_pop:
             size = self.max_pop
-        qt = self._token(session, self.engine.pop(qd, size))
-        # routed (and counted off) after this call returns, even if already complete
-        session.pop_qts[qt] = qd
-        session.pops[qd] = session.pops.get(qd, 0) + 1
-        return qt
+        return self._token(session, self.engine.pop(qd, size))
 
     def _close(self, session: Session, qd: int) -> None:
         self._own(session, qd)

@@ -11,11 +11,10 @@ collected and go out in one ``writelines`` -- at the end of the read that carrie
 requests (every complete request in it is handled first), or, for completions that come
 from the network, in a ``call_soon`` once per loop iteration. One ``send`` per iteration
 instead of one per frame: the daemon's share in writes and the client's wake-ups both
-drop. A successful push's completion on a connection with a pop pending is *lazy*: it
+drop. The completion of a push the client does not wait for (``F_LAZY``) is *lazy*: it
 waits for the session's next other frame (a client pushing and popping gets it with the
 pop's data) or :data:`LAZY_FLUSH_S`, whichever comes first, so it does not wake a client
-that is waiting for that pop. (Without a pop pending, the client is likely waiting for the
-push: it goes at once.)
+that waits for something else.
 
 Back-pressure: the transport's write buffer has a high-water mark; above it the session
 stops reading the client's requests (``pause_reading``) until the client has read its
@@ -59,8 +58,7 @@ class Session(asyncio.Protocol):
         self.accept_qts: set[int] = set()  # accepts not completed (each brings a descriptor)
         self.push_sizes: dict[int, int] = {}  # push token -> bytes, until it completes
         self.push_bytes = 0  # sum of push_sizes: held for this client (per-client limit)
-        self.pop_qts: dict[int, int] = {}  # pop token -> its descriptor, until it completes
-        self.pops: dict[int, int] = {}  # descriptor -> pops pending on it
+        self.lazy_qts: set[int] = set()  # pushes the client does not wait for (F_LAZY)
         self.closed = False
         self.hello_done = False
         self.paused = False
