@@ -785,6 +785,9 @@ class Bench:
         clients: list[Worker] = []
         daemon_pid = lab.daemon.pid if stack == XDPSTACK and lab.daemon else None
         counters_before = self.daemon_counters() if daemon_pid else {}
+        # the client end's kernel TCP counters: SYN retransmissions (RetransSegs) when
+        # SYN-ACKs go missing, connects that failed (AttemptFails)
+        client_tcp_before = kernel_tcp_counters(lab.client_ns)
         try:
             for port, share in zip(ports, shares):
                 servers.append(lab.server(stack, "hold", port, conns=share))
@@ -813,6 +816,7 @@ class Bench:
             after = memory([s.pid for s in servers], daemon_pid)
             held = self.held(stack, ports)
             counters = diff(self.daemon_counters(), counters_before) if daemon_pid else {}
+            client_tcp = diff(kernel_tcp_counters(lab.client_ns), client_tcp_before)
             release = self.release(stack, ports, clients, held)
             stop_before = self.daemon_counters() if daemon_pid else {}
         finally:
@@ -842,6 +846,7 @@ class Bench:
             "server_processes": len(shares),
             "ports": ports,
             "daemon_counters": counters,  # what moved in the daemon during the ramp
+            "client_end_tcp": client_tcp,  # and in the client end's kernel
             "server_rss_per_conn_b": (after["server_rss_kb"] - before["server_rss_kb"])
             * 1024
             / per,
