@@ -18,14 +18,20 @@ iteration schedules one epilogue with ``call_soon``, so all the calls of an iter
 (many clients' requests read in one batch) share one steering check, one tx batch and
 one kick, and one timer re-arm. A call still returns its value at once; its frames
 follow in the same loop iteration. Whatever runs the epilogue first (an rx wakeup in
-between) takes the dirty work with it. The one way out of the stack for frames is the
-epilogue, so steering always comes first.
+between) takes the dirty work with it. A callback that makes many calls (the API server
+closing a departed client's thousands of descriptors) gets an epilogue every
+``EPILOGUE_EVERY_CALLS`` calls, and the rx ring drained, so that its frames do not wait
+for the callback's end (their retransmission timers run from the call) and the fill ring
+does not run dry meanwhile. The one way out of the stack for frames is the epilogue, so
+steering always comes first.
 
 Received frames are drained from the datapath into memory (``rx_backlog``, bounded)
 before each batch is processed, so that the AF_XDP fill ring gets its frames back while
-the stack is busy: a burst is held here instead of dropped by the kernel. Frames the
-datapath could not send yet (its transmit queue) are retried on every epilogue and, while
-any wait, on a short timer.
+the stack is busy: a burst is held here instead of dropped by the kernel. Frames waiting
+in the datapath's transmit queue (XskSocket sends a bounded burst per call) go out a
+burst per loop iteration and one per rx batch, so that the replies a burst draws are
+received in between; if a burst made no progress (no frame or slot free), the next try
+is after ``TX_RETRY_S``.
 """
 
 from __future__ import annotations
@@ -51,16 +57,19 @@ RX_BATCHES_PER_WAKEUP = 16  # then yield to the loop so API clients and timers g
 #: are left to fill and the kernel drops (counted in its XDP statistics). About a second
 #: of the stack's work on small frames.
 RX_BACKLOG_FRAMES = 32768
-#: While frames wait in the datapath's transmit queue, retry after this long.
+#: While frames wait in the datapath's transmit queue and no burst went out, retry after.
 TX_RETRY_S = 0.001
+#: API calls in one callback between two epilogues, at most.
+EPILOGUE_EVERY_CALLS = 64
 
 
 Tap = Callable[[str, bytes, float], None]
 
 
 class Datapath(Protocol):
-    """What the engine needs of a datapath. Optionally also ``flush() -> int``: send what
-    waits in a transmit queue, return how many frames still wait (XskSocket)."""
+    """What the engine needs of a datapath. Optionally also a transmit queue (XskSocket):
+    ``tx_pending() -> int``, the frames waiting in it, and ``flush() -> int``, which sends
+    the next burst of them and returns how many still wait."""
 
     def fileno(self) -> int: ...
     def receive(self, max_frames: int = 64) -> list[bytes]: ...
@@ -93,6 +102,7 @@ class Engine:
         self._steered: set[int] = set()
         self._running = False
         self._dirty = False  # an API call ran; its epilogue is scheduled
+        self._dirty_calls = 0  # API calls since the last epilogue
         self.wakeups = 0
         self.epilogues = 0
         # received frames not yet handed to the stack, as the datapath's batches
@@ -100,9 +110,12 @@ class Engine:
         self._rx_backlog_frames = 0
         self._rx_again: asyncio.Handle | None = None
         self.rx_backlog_peak = 0
+        self._tx_pending: Callable[[], int] | None = getattr(datapath, "tx_pending", None)
         self._flush_tx: Callable[[], int] | None = getattr(datapath, "flush", None)
+        if self._tx_pending is None or self._flush_tx is None:
+            self._tx_pending = self._flush_tx = None
         self._tx_waiting = 0
-        self._tx_retry: asyncio.TimerHandle | None = None
+        self._tx_retry: asyncio.Handle | None = None
         # capture taps (xdpstackctl capture): called with ("in" | "out", frame, wall time);
         # an empty tuple costs one truth test per batch when nobody captures
         self._taps: tuple[Tap, ...] = ()
@@ -132,12 +145,16 @@ class Engine:
 
     def _flush_before_stop(self, budget_s: float = 0.5) -> None:
         """Give the transmit queue a last chance (shutdown: nothing will retry it)."""
-        flush = self._flush_tx
-        if flush is None:
+        flush, pending = self._flush_tx, self._tx_pending
+        if flush is None or pending is None:
             return
         deadline = time.monotonic() + budget_s
-        while flush() and time.monotonic() < deadline:
-            time.sleep(0.001)
+        waiting = pending()
+        while waiting and time.monotonic() < deadline:
+            left = flush()
+            if left >= waiting:  # no room: let the kernel send and complete
+                time.sleep(0.001)
+            waiting = left
 
     # -- event sources ------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -155,6 +172,9 @@ class Engine:
             if self._taps:
                 self._tap("in", frames)
             stack.receive_frames(frames, now)
+            if self._tx_waiting:  # a burst of what waits for each batch received
+                assert self._flush_tx is not None
+                self._tx_waiting = self._flush_tx()
         self._epilogue()
         if backlog and self._rx_again is None and self._running:
             # the rings may be empty now, so the descriptor would not call us again
@@ -192,10 +212,17 @@ class Engine:
         self._epilogue()
 
     def _mark_dirty(self) -> None:
-        """An API call changed the stack: one epilogue for all of this loop iteration's."""
+        """An API call changed the stack: one epilogue for all of this loop iteration's,
+        or one every EPILOGUE_EVERY_CALLS calls."""
+        self._dirty_calls += 1
         if not self._dirty:
             self._dirty = True
             self.loop.call_soon(self._on_dirty)
+        elif self._dirty_calls >= EPILOGUE_EVERY_CALLS:
+            self._epilogue()
+            self._drain_rx()  # only into memory: the stack gets them after this callback
+            if self._rx_backlog and self._rx_again is None:
+                self._rx_again = self.loop.call_soon(self._on_readable)
 
     def _on_dirty(self) -> None:
         if self._dirty:  # else an rx wakeup or a timer ran the epilogue meanwhile
@@ -205,8 +232,24 @@ class Engine:
         self._tx_retry = None
         self._epilogue()
 
+    def _after_transmit(self, transmitted: bool) -> None:
+        """Send the next burst of the datapath's transmit queue, or schedule it: on the
+        next loop iteration while bursts go out, after TX_RETRY_S when one did not."""
+        before = self._tx_waiting
+        if not transmitted:  # (a transmit call has sent its burst already)
+            assert self._flush_tx is not None
+            self._flush_tx()
+        assert self._tx_pending is not None
+        self._tx_waiting = waiting = self._tx_pending()
+        if waiting and self._tx_retry is None and self._running:
+            if transmitted or waiting < before:
+                self._tx_retry = self.loop.call_soon(self._on_tx_retry)
+            else:
+                self._tx_retry = self.loop.call_later(TX_RETRY_S, self._on_tx_retry)
+
     def _epilogue(self) -> None:
         self._dirty = False
+        self._dirty_calls = 0
         self.epilogues += 1
         stack = self.stack
         if stack.tcp.ports_version != self._ports_version:
@@ -215,11 +258,9 @@ class Engine:
         if frames:
             if self._taps:
                 self._tap("out", frames)
-            self.datapath.transmit(frames)
-        if self._flush_tx is not None and (frames or self._tx_waiting):
-            self._tx_waiting = waiting = self._flush_tx()
-            if waiting and self._tx_retry is None and self._running:
-                self._tx_retry = self.loop.call_later(TX_RETRY_S, self._on_tx_retry)
+            self.datapath.transmit(frames)  # one burst; the rest waits in its queue
+        if self._tx_pending is not None and (frames or self._tx_waiting):
+            self._after_transmit(bool(frames))
         completions = stack.poll_completions()
         if completions:
             sink = self.completion_sink

@@ -229,6 +229,9 @@ def test_frames_the_datapath_could_not_send_are_retried_until_sent() -> None:
                 self.sent.append(self.waiting.pop(0))
             return len(self.waiting)
 
+        def tx_pending(self) -> int:
+            return len(self.waiting)
+
     async def main(loop: asyncio.AbstractEventLoop) -> None:
         dp = QueueingDatapath()
         engine = Engine(_stack(), dp, loop=loop)

@@ -409,12 +409,14 @@ int xsk_tx_batch(struct xsk_ctx *x, const char *data, const uint32_t *lens, uint
 /* API: queue the frames of the Python list `frames` (passed as its address: the caller
  * holds it alive for the call) from index `start` on, each copied once from its buffer
  * into a UMEM frame; then kick. Frames that are empty, longer than max_len or not a
- * contiguous buffer are dropped and counted (tx_oversize). Stops at the first frame that
- * finds no free frame or tx slot even after kicks and reclaims. Returns the index after
+ * contiguous buffer are dropped and counted (tx_oversize). Stops after `limit` frames
+ * queued (0: no limit), or at the first frame that finds no free frame or tx slot even
+ * after kicks and reclaims. Returns the index after
  * the last frame consumed (queued or dropped), and the number queued in *queued: the
  * caller keeps frames[return:] to send later. Negative: -errno (not a list). Runs with the
  * GIL held (cffi released it for the call). */
-int xsk_tx_list(struct xsk_ctx *x, void *frames, uint32_t start, uint32_t *queued)
+int xsk_tx_list(struct xsk_ctx *x, void *frames, uint32_t start, uint32_t limit,
+                uint32_t *queued)
 {
     PyGILState_STATE gil = PyGILState_Ensure();
     PyObject *list = (PyObject *)frames;
@@ -428,7 +430,10 @@ int xsk_tx_list(struct xsk_ctx *x, void *frames, uint32_t start, uint32_t *queue
     uint32_t space = prod_free(&x->tx);
     uint32_t first_prod = x->tx.prod;
     Py_ssize_t i;
+    uint32_t put = 0;
     for (i = start; i < n; i++) {
+        if (limit && put == limit)
+            break;
         PyObject *f = PyList_GetItem(list, i); /* borrowed */
         const void *src;
         Py_ssize_t len;
@@ -459,6 +464,7 @@ int xsk_tx_list(struct xsk_ctx *x, void *frames, uint32_t start, uint32_t *queue
         } else {
             tx_put(x, src, (uint32_t)len);
             space--;
+            put++;
         }
         if (have_view)
             PyBuffer_Release(&view);

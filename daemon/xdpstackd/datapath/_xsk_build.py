@@ -83,7 +83,8 @@ int xsk_fd(const struct xsk_ctx *x);
 uint32_t xsk_max_len(const struct xsk_ctx *x);
 int xsk_rx_batch(struct xsk_ctx *x, char *buf, uint32_t *lens, uint32_t max);
 int xsk_tx_batch(struct xsk_ctx *x, const char *data, const uint32_t *lens, uint32_t n);
-int xsk_tx_list(struct xsk_ctx *x, void *frames, uint32_t start, uint32_t *queued);
+int xsk_tx_list(struct xsk_ctx *x, void *frames, uint32_t start, uint32_t limit,
+                uint32_t *queued);
 uint32_t xsk_reclaim(struct xsk_ctx *x);
 int xsk_kick_tx(struct xsk_ctx *x);
 void xsk_get_counters(const struct xsk_ctx *x, struct xsk_counters *out);

@@ -46,6 +46,10 @@ class MultiQueueDatapath:
         flush = getattr(self.sockets[0], "flush", None)
         return flush() if flush is not None else 0
 
+    def tx_pending(self) -> int:
+        pending = getattr(self.sockets[0], "tx_pending", None)
+        return pending() if pending is not None else 0
+
     def stats(self) -> dict[str, int]:
         total: dict[str, int] = {}
         for sock in self.sockets:

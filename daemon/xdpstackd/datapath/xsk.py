@@ -7,8 +7,8 @@ engine's ``Datapath`` interface (docs/DAEMON.md)::
     with XskSocket("veth0", 0, mode="copy") as xsk:
         program.set_xsk(0, xsk.fileno())  # the XDP program redirects into the XSKMAP
         frames = xsk.receive(64)  # list[bytes], copied out; frames recycled at once
-        xsk.transmit(frames)  # on the tx ring, or in the transmit queue until room
-        xsk.flush()  # later (a wakeup, a timer): the queue onto the ring; returns what waits
+        xsk.transmit(frames)  # a burst on the tx ring, the rest in the transmit queue
+        xsk.flush()  # later (next loop iteration, a timer): the next burst; returns what waits
 
 Frames are Ethernet frames without FCS. Without multi-buffer AF_XDP one frame must fit one
 UMEM frame less the kernel's XDP headroom: ``max_frame_bytes`` (3840 for 4096-byte
@@ -18,12 +18,15 @@ Modes: ``"copy"`` works on every driver (veth included), ``"zerocopy"`` needs dr
 support (veth has none: ``EOPNOTSUPP``), ``"auto"`` lets the kernel try zero-copy and fall
 back to copy; ``.mode`` says which one it got.
 
-Transmission never drops a frame for want of a UMEM frame or a tx slot: the frames that
-find none, even after the kernel has been kicked and the completions reclaimed, wait in
-the transmit queue (at most ``tx_queue_frames``; beyond it they are dropped and counted in
-``tx_queue_dropped``) and go out first at the next ``transmit`` or ``flush``. The queue
-holds the frame objects themselves: a frame handed to ``transmit`` must not change
-afterwards.
+Transmission never drops a frame for want of a UMEM frame or a tx slot, and sends at
+most ``tx_burst_frames`` per call: the frames beyond the burst, or that find no room even
+after the kernel has been kicked and the completions reclaimed, wait in the transmit
+queue (at most ``tx_queue_frames``; beyond it they are dropped and counted in
+``tx_queue_dropped``) and go out first, a burst at a time, at the next ``transmit`` or
+``flush``. The burst bound paces a mass close: 6,000 FINs sent back to back in copy mode
+make the peer answer faster than a veth's 256-frame ring towards us drains, and the
+answers are lost. The queue holds the frame objects themselves: a frame handed to
+``transmit`` must not change afterwards.
 
 Not thread-safe: one thread (the daemon's event loop) drives a socket.
 """
@@ -43,6 +46,7 @@ __all__ = [
     "DEFAULT_FRAMES",
     "DEFAULT_FRAME_SIZE",
     "DEFAULT_RING_SIZE",
+    "DEFAULT_TX_BURST_FRAMES",
     "DEFAULT_TX_QUEUE_FRAMES",
     "ETH_HEADER_BYTES",
     "XDP_PACKET_HEADROOM",
@@ -67,6 +71,8 @@ DEFAULT_FRAMES = 8192
 DEFAULT_RING_SIZE = 4096
 #: Default bound of the transmit queue (frames that found no UMEM frame or tx slot).
 DEFAULT_TX_QUEUE_FRAMES = 65536
+#: Default most frames put on the tx ring per transmit or flush call (half a veth ring).
+DEFAULT_TX_BURST_FRAMES = 128
 
 _MODES = {"auto": 0, "copy": 1, "zerocopy": 2}
 _SIOCGIFMTU = 0x8921
@@ -195,7 +201,8 @@ class XskSocket:
     ``frames`` UMEM frames of ``frame_size`` bytes; all four rings have ``ring_size``
     entries. Reception holds at most ``fill_target`` frames (in the fill and rx rings:
     ``min(2 * ring_size, frames - min(ring_size, frames // 2))``), topped up on every rx
-    batch; the others serve transmission. ``tx_queue_frames`` bounds the transmit queue.
+    batch; the others serve transmission. ``tx_queue_frames`` bounds the transmit queue,
+    ``tx_burst_frames`` the frames put on the tx ring per call (0: no bound).
     """
 
     def __init__(
@@ -210,6 +217,7 @@ class XskSocket:
         need_wakeup: bool = True,
         busy_timeout: float = 0.5,
         tx_queue_frames: int = DEFAULT_TX_QUEUE_FRAMES,
+        tx_burst_frames: int = DEFAULT_TX_BURST_FRAMES,
     ) -> None:
         self._ctx: Any = None
         if _xsk is None:
@@ -257,6 +265,7 @@ class XskSocket:
         self._txq: list[Any] = []
         self._queued = ffi.new("uint32_t *")  # xsk_tx_list's out-parameter
         self.tx_queue_frames = tx_queue_frames
+        self.tx_burst_frames = max(0, tx_burst_frames)
         self._txq_counts = {"tx_queued": 0, "tx_queue_dropped": 0, "tx_queue_peak": 0}
         self._counters = ffi.new("struct xsk_counters *")
         self._kstats = ffi.new("struct xsk_kernel_stats *")
@@ -293,12 +302,12 @@ class XskSocket:
 
     def transmit(self, frames: list[Any]) -> int:
         """Queue ``frames`` (bytes, bytearray or any contiguous buffer; each is copied once,
-        into its UMEM frame) on the tx ring and wake the kernel if it asks. Frames that
-        find no room wait in the transmit queue, behind any already waiting. Returns how
-        many were taken: put on the ring, or into the queue. The rest are dropped and
-        counted: empty, longer than ``max_frame_bytes`` (``tx_oversize``; one that waited
-        in the queue is counted when its turn comes), or beyond the queue's bound
-        (``tx_queue_dropped``)."""
+        into its UMEM frame) on the tx ring, at most ``tx_burst_frames`` of them, and wake
+        the kernel if it asks. The others wait in the transmit queue, behind any already
+        waiting. Returns how many were taken: put on the ring, or into the queue. The rest
+        are dropped and counted: empty, longer than ``max_frame_bytes`` or not a buffer
+        (``tx_oversize``; one that waited in the queue is counted when its turn comes), or
+        beyond the queue's bound (``tx_queue_dropped``)."""
         ctx = self._live()
         if not frames:
             return 0
@@ -309,7 +318,9 @@ class XskSocket:
             self._flush(ctx)
             return taken
         # the list itself goes to C (CPython: id() is its address; it lives through the call)
-        done = self._lib.xsk_tx_list(ctx, self._ffi.cast("void *", id(frames)), 0, self._queued)
+        done = self._lib.xsk_tx_list(
+            ctx, self._ffi.cast("void *", id(frames)), 0, self.tx_burst_frames, self._queued
+        )
         if done < 0:
             raise OSError(-done, "xsk_tx_list")
         queued = int(self._queued[0])
@@ -318,16 +329,15 @@ class XskSocket:
         return queued + self._enqueue(frames[done:])
 
     def flush(self) -> int:
-        """Move what waits in the transmit queue onto the tx ring, as far as frames and
-        slots allow (call when completions may have returned frames: a wakeup, a timer).
-        Returns how many frames still wait."""
+        """Move the next burst of the transmit queue onto the tx ring, as far as frames
+        and slots allow (call on the next loop iteration, or when completions may have
+        returned frames). Returns how many frames still wait."""
         if self._txq:
             self._flush(self._live())
         return len(self._txq)
 
-    @property
-    def tx_waiting(self) -> int:
-        """Frames in the transmit queue."""
+    def tx_pending(self) -> int:
+        """Frames waiting in the transmit queue."""
         return len(self._txq)
 
     def _enqueue(self, frames: list[Any]) -> int:
@@ -346,7 +356,9 @@ class XskSocket:
 
     def _flush(self, ctx: Any) -> None:
         q = self._txq
-        done = self._lib.xsk_tx_list(ctx, self._ffi.cast("void *", id(q)), 0, self._queued)
+        done = self._lib.xsk_tx_list(
+            ctx, self._ffi.cast("void *", id(q)), 0, self.tx_burst_frames, self._queued
+        )
         if done < 0:
             raise OSError(-done, "xsk_tx_list")
         del q[:done]
