@@ -306,6 +306,7 @@ class Lab:
         self._port = 20000
         self._offload_defaults: dict[str, dict[str, str]] = {}
         self.cprofile_dir: Path | None = None
+        self.daemon_options: list[str] = []  # extra [daemon] lines: KEY = VALUE
         self._daemon_starts = 0
 
     # -- the link ---------------------------------------------------------------------
@@ -432,7 +433,8 @@ class Lab:
         assert self.pair is not None
         exe = Path(self.python).parent / "xdpstackd"
         config = self.workdir / "xdpstackd.toml"
-        config.write_text('[daemon]\nlog_level = "info"\nxdp_mode = "native"\n')
+        lines = ["[daemon]", 'log_level = "info"', 'xdp_mode = "native"', *self.daemon_options]
+        config.write_text("\n".join(lines) + "\n")
         with open(self.daemon_log, "a") as f:
             f.write(f"### start at {time.strftime('%H:%M:%S')}\n")
         argv = [str(exe) if exe.exists() else shutil.which("xdpstackd") or "xdpstackd"]
@@ -1096,6 +1098,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--window", type=int, default=128, help="connects in flight (128)")
     parser.add_argument(
+        "--daemon-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [daemon] key for xdpstackd's config, VALUE in TOML (repeatable; e.g. "
+        "xdp_syn_rate=0); the default run uses the daemon's defaults",
+    )
+    parser.add_argument(
         "--release-rate",
         type=float,
         default=RELEASE_RATE,
@@ -1134,6 +1144,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.conns_per_process = 100  # two ports, two servers and two clients
         args.hold_seconds = 15.0
     return args
+
+
+def daemon_options(given: list[str]) -> list[str]:
+    """``KEY=VALUE`` (a ``[daemon]`` key, a TOML value) as config lines; SystemExit if
+    malformed."""
+    lines = []
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier() or not value.strip():
+            raise SystemExit(f"compare.py: --daemon-option {item!r}: expected KEY=VALUE")
+        lines.append(f"{key.strip()} = {value.strip()}")
+    return lines
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -1206,6 +1228,7 @@ def machine_facts() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     opts = options_from(args)
+    extra = daemon_options(args.daemon_option)
     preflight()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     output = args.output or RESULTS / f"compare-{stamp}.json"
@@ -1229,6 +1252,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cprofile_dir is not None:
         args.cprofile_dir.mkdir(parents=True, exist_ok=True)
         lab.cprofile_dir = args.cprofile_dir
+    lab.daemon_options = extra
     profiler = Profiler(opts.profile_dir, python)
     bench = Bench(lab, opts, profiler)
     log(
