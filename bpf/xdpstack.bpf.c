@@ -25,7 +25,9 @@
  *   6. Everything else: XDP_PASS.
  *
  * SYN cookies (config in the map syncookie_cfg, off while its ns_per_syn is 0): a SYN without
-ACK or RST to a steered port (IHL 5) passes a per-CPU token bucket (GCRA: ns_per_syn of
+ACK or RST to a steered port (IHL 5) outside the daemon's ephemeral ports (which its own
+connections use: a SYN there is for one of them, and the daemon answers it with a challenge
+ACK, RFC 5961, or a reset; XDP does not know connections) passes a per-CPU token bucket (GCRA: ns_per_syn of
 credit per SYN, burst_ns deep) on its way to the daemon, which answers it with every option
 it supports. Over the rate, the program answers it itself: a cookie SYN-ACK built in place
 and sent back out with XDP_TX (counted TX and SYNCOOKIES_SENT_XDP), no frame for the daemon.
@@ -114,6 +116,9 @@ struct xdpstack_syncookie {
     __u64 cookie_burst_ns;
     __u32 mss;        /* the daemon's MSS, announced in the cookie SYN-ACK */
     __u32 window;     /* its window (unscaled: a cookie cannot carry a window scale) */
+    __u16 skip_lo;    /* destination ports skip_lo..skip_hi (host order): always to the */
+    __u16 skip_hi;    /* daemon (its ephemeral ports: its own connections, no listener) */
+    __u32 pad;
 };
 
 struct syn_bucket {
@@ -363,7 +368,8 @@ int xdpstack_rx(struct xdp_md *ctx)
     if (steered(daddr, tcp->dest)) {
         if (tcp->syn && !tcp->ack && !tcp->rst) {
             struct xdpstack_syncookie *sc = syncookie_cfg.lookup(&zero);
-            if (sc && sc->ns_per_syn &&
+            __u16 dport = ntohs(tcp->dest);
+            if (sc && sc->ns_per_syn && (dport < sc->skip_lo || dport > sc->skip_hi) &&
                 !within_rate(SYN_BUCKET_DAEMON, sc->ns_per_syn, sc->burst_ns)) {
                 if (sc->ns_per_cookie &&
                     !within_rate(SYN_BUCKET_COOKIE, sc->ns_per_cookie, sc->cookie_burst_ns)) {

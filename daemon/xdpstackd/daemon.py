@@ -206,6 +206,7 @@ def run(settings: Settings) -> int:
             mss=stack.tcp.config.mss,
             window=min(stack_config.tcp.recv_buffer_bytes, 0xFFFF),
             cookie_rate=settings.xdp_syncookie_rate,
+            skip_ports=stack_config.tcp.ephemeral_ports,
         )
         cookies.external = syn_rate > 0
         return _serve(settings, stack, datapath, xdp, sandbox, info)

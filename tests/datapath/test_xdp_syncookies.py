@@ -217,6 +217,23 @@ def test_syns_within_the_rate_and_with_cookies_off_go_to_the_daemon(pair: Pair, 
 
 
 @pytest.mark.integration
+def test_syns_to_the_daemons_ephemeral_ports_always_go_to_the_daemon(pair: Pair, program) -> None:
+    """Its own connections' ports: a SYN there is the daemon's to answer (challenge ACK)."""
+    prog = program(mode="generic")
+    prog.steer_add(0, 50000)
+    key = syncookie.SynCookies(os.urandom(16)).key_words
+    prog.set_syncookies(key, rate=1, burst=1, mss=OUR_MSS, skip_ports=(49152, 65535))
+    before = prog.counters()
+    frames = [
+        ipv4(IP_B, IP_A, 6, struct.pack("!HHIIBBHHH", 46000 + i, 50000, 1, 0, 0x50, SYN, 512, 0, 0))
+        for i in range(5)
+    ]
+    pair.send_raw(*(pair.eth(0x0800, f) for f in frames))
+    d = settle(prog, before, lambda d: d.get("no_xsk", 0) >= 5)
+    assert d.get("tx", 0) == 0 and d.get("syncookies_sent_xdp", 0) == 0, d
+
+
+@pytest.mark.integration
 def test_syns_over_both_the_daemons_and_the_cookie_rate_are_dropped(pair: Pair, program) -> None:
     prog = program(mode="generic")
     prog.steer_add(0, PORT)

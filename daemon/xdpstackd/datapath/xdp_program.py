@@ -557,11 +557,15 @@ class XdpProgram:
         window: int = 0xFFFF,
         burst: int | None = None,
         cookie_rate: int = 0,
+        skip_ports: tuple[int, int] = (1, 0),
     ) -> None:
         """Answer SYNs to steered ports over ``rate`` a second (per CPU; 0 = off: every
         SYN goes to the daemon) with cookie SYN-ACKs made with ``key_words`` (SipHash's
         two 64-bit words, ``SynCookies.key_words``), announcing ``mss`` and ``window``.
-        ``burst`` SYNs may pass back to back (default: a tenth of a second's worth)."""
+        ``burst`` SYNs may pass back to back (default: a tenth of a second's worth). Over
+        ``cookie_rate`` cookies a second (per CPU; 0: no limit) SYNs are dropped. SYNs to the
+        ports ``skip_ports`` (first, last; the daemon's ephemeral ports, where its own
+        connections are and no listener) always go to the daemon."""
         if rate < 0 or not 0 < mss < 1 << 16 or not 0 <= window < 1 << 16:
             raise ValueError(f"bad SYN cookie settings: rate {rate}, mss {mss}, window {window}")
         table = self._table("syncookie_cfg")
@@ -580,6 +584,7 @@ class XdpProgram:
             leaf.cookie_burst_ns = ns_per_cookie * max(1, cookie_rate // 10)
         else:
             leaf.ns_per_cookie = leaf.cookie_burst_ns = 0
+        leaf.skip_lo, leaf.skip_hi = skip_ports
         leaf.mss = mss
         leaf.window = window
         table[ctypes.c_int(0)] = leaf
