@@ -53,10 +53,11 @@ log = logging.getLogger(__name__)
 
 RX_BATCH_FRAMES = 64
 RX_BATCHES_PER_WAKEUP = 16  # then yield to the loop so API clients and timers get a turn
-#: Received frames held in memory, waiting for the stack, at most: beyond it the rings
-#: are left to fill and the kernel drops (counted in its XDP statistics). About a second
-#: of the stack's work on small frames.
-RX_BACKLOG_FRAMES = 32768
+#: Received frames held in memory, waiting for the stack, at most (frames and bytes):
+#: beyond it the rings are left to fill and the kernel drops (counted in its XDP
+#: statistics). 50,000 RSTs at once (4 MB) fit; so do 20,000 full-size frames.
+RX_BACKLOG_FRAMES = 131072
+RX_BACKLOG_BYTES = 32 << 20
 #: While frames wait in the datapath's transmit queue and no burst went out, retry after.
 TX_RETRY_S = 0.001
 #: API calls in one callback between two epilogues, at most.
@@ -108,6 +109,7 @@ class Engine:
         # received frames not yet handed to the stack, as the datapath's batches
         self._rx_backlog: deque[list[bytes]] = deque()
         self._rx_backlog_frames = 0
+        self._rx_backlog_bytes = 0
         self._rx_again: asyncio.Handle | None = None
         self.rx_backlog_peak = 0
         self._tx_pending: Callable[[], int] | None = getattr(datapath, "tx_pending", None)
@@ -169,6 +171,7 @@ class Engine:
                 break
             frames = backlog.popleft()
             self._rx_backlog_frames -= len(frames)
+            self._rx_backlog_bytes -= sum(map(len, frames))
             if self._taps:
                 self._tap("in", frames)
             stack.receive_frames(frames, now)
@@ -186,12 +189,16 @@ class Engine:
         before the stack gets to them."""
         receive = self.datapath.receive
         backlog = self._rx_backlog
-        while self._rx_backlog_frames < RX_BACKLOG_FRAMES:
+        while (
+            self._rx_backlog_frames < RX_BACKLOG_FRAMES
+            and self._rx_backlog_bytes < RX_BACKLOG_BYTES
+        ):
             frames = receive(RX_BATCH_FRAMES)
             if not frames:
                 break
             backlog.append(frames)
             self._rx_backlog_frames += len(frames)
+            self._rx_backlog_bytes += sum(map(len, frames))
             if len(frames) < RX_BATCH_FRAMES:
                 break
         if self._rx_backlog_frames > self.rx_backlog_peak:
@@ -403,6 +410,7 @@ class Engine:
             "wakeups": self.wakeups,
             "epilogues": self.epilogues,
             "rx_backlog": self._rx_backlog_frames,
+            "rx_backlog_bytes": self._rx_backlog_bytes,
             "rx_backlog_peak": self.rx_backlog_peak,
             "uptime_s": time.time() - self.started_at,
         }

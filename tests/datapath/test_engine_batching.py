@@ -247,3 +247,32 @@ def test_frames_the_datapath_could_not_send_are_retried_until_sent() -> None:
         dp.close()
 
     _run(main)
+
+
+def test_the_rx_backlog_is_bounded(monkeypatch) -> None:
+    """Beyond RX_BACKLOG_FRAMES the engine leaves frames in the datapath (whose rings then
+    fill and drop, counted by the kernel) instead of holding them all in memory."""
+    from xdpstackd import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "RX_BACKLOG_FRAMES", 256)
+
+    async def main(loop: asyncio.AbstractEventLoop) -> None:
+        dp = RecordingDatapath()
+        for _ in range(5000):
+            dp.rx.append(_arp_reply())
+        engine = Engine(_stack(), dp, loop=loop)
+        engine.start()
+        engine._on_readable()
+        # drained up to the bound before the first batch, then topped up again before
+        # each of the wakeup's batches
+        assert engine.stats()["rx_backlog_peak"] <= 256
+        assert len(dp.rx) >= 5000 - 256 - 16 * 64
+        for _ in range(200):
+            if not dp.rx and not engine.stats()["rx_backlog"]:
+                break
+            await asyncio.sleep(0)  # the engine goes on by itself (call_soon)
+        assert not dp.rx and engine.stats()["rx_backlog"] == 0
+        engine.stop()
+        dp.close()
+
+    _run(main)
