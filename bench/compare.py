@@ -85,11 +85,11 @@ HOLD_CONNS_PER_PROCESS = 16_000
 #: After the paced release, how long the stack may take to drop the reset connections,
 #: and how long an unchanged count means the rest will stay (their RSTs were lost).
 RELEASE_SETTLE_S = 60.0
+RELEASE_STUCK_S = 5.0
 #: RSTs per second when the idle connections are released (--release-rate), in batches of
 #: RELEASE_BATCH: a burst of RSTs overruns the receiver (xdpstackd's AF_XDP fill ring).
 RELEASE_RATE = 5000.0
 RELEASE_BATCH = 100
-RELEASE_STUCK_S = 5.0
 KERNEL = "kernel"
 KERNEL_NO_OFFLOAD = "kernel-no-offload"
 XDPSTACK = "xdpstack"
@@ -908,7 +908,6 @@ class Bench:
             for client in clients:
                 client.expect("released", 120)
         sent = time.monotonic() - started
-        left, waited = held, 0.0
         settle_start = time.monotonic()
         last, last_change = -1, settle_start
         while True:
