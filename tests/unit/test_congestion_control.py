@@ -80,16 +80,24 @@ def test_slow_start_doubles_cwnd_per_rtt_of_acks() -> None:
 
 
 def test_slow_start_with_delayed_acks_still_doubles_per_rtt() -> None:
-    # ABC with L = 2*MSS: an ACK for two segments grows cwnd by two segments.
+    # ABC: an ACK for two segments grows cwnd by two segments.
     alg = Cubic(MSS)
     run_round(alg, 0.0, 0.1, ack_segments=2)
     assert alg.cwnd == 20 * MSS
 
 
-def test_slow_start_stretch_ack_growth_is_capped_at_2_mss() -> None:
+def test_slow_start_credits_every_byte_a_stretch_ack_acknowledges() -> None:
+    # Receivers that ACK once per receive batch (GRO) send stretch ACKs; an L = 2*MSS cap
+    # would make slow start nearly linear (Linux's tcp_slow_start has no cap either).
     alg = Cubic(MSS)
     alg.on_ack(5 * MSS, alg.cwnd, 0.1, None)
-    assert alg.cwnd == 12 * MSS
+    assert alg.cwnd == 15 * MSS
+
+
+def test_slow_start_with_one_ack_per_window_still_doubles_per_rtt() -> None:
+    alg = Cubic(MSS)
+    run_round(alg, 0.0, 0.1, ack_segments=alg.cwnd // MSS)
+    assert alg.cwnd == 20 * MSS
 
 
 def test_slow_start_after_rto_grows_at_most_1_mss_per_ack() -> None:

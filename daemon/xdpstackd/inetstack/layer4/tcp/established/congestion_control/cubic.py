@@ -15,10 +15,13 @@ Choices the RFC leaves open, and the one made here:
 * Multiplicative decrease uses ``cwnd``, not ``flight_size`` (section 4.6 allows it when
   "other measures" stop ``cwnd`` growing while the sender does not fill it: on_ack's
   application-limited rule is that measure).
-* Slow start is RFC 5681 slow start with RFC 3465 Appropriate Byte Counting, L = 2*MSS
-  (each ACK grows ``cwnd`` by the bytes it acknowledges, at most 2*MSS), so a receiver
-  that ACKs every second segment, as Linux does, still doubles ``cwnd`` per RTT. In the
-  slow start that follows an RTO, L = 1*MSS (RFC 3465 section 2.3). Slow start stops at
+* Slow start is RFC 5681 slow start with RFC 3465 Appropriate Byte Counting: each ACK
+  grows ``cwnd`` by the bytes it acknowledges, with no per-ACK limit L (as Linux's
+  ``tcp_slow_start``), so ``cwnd`` doubles per RTT whatever the receiver's ACK ratio: a
+  receiver that ACKs once per receive batch (Linux after GRO, xdpstack itself) sends
+  stretch ACKs of 10-40 segments, which L = 2*MSS would turn into near-linear growth. In
+  the slow start that follows an RTO, L = 1*MSS (RFC 3465 section 2.3: cumulative ACKs
+  for data that arrived before the loss must not release a burst). Slow start stops at
   ``ssthresh``; what is left of that ACK's credit is spent in congestion avoidance.
 * Application-limited (RFC 7661 spirit, RFC 9438 section 5.8): the sender filled
   ``cwnd`` iff ``flight_size + mss > cwnd`` (no room for another full segment was left).
@@ -51,6 +54,8 @@ _BETA_DEN = 10
 ALPHA_CUBIC: float = 3.0 * (1.0 - BETA_CUBIC) / (1.0 + BETA_CUBIC)
 #: ssthresh before the first congestion event: "infinite", Linux's TCP_INFINITE_SSTHRESH.
 INFINITE_SSTHRESH: int = 0x7FFFFFFF
+#: RFC 3465's L outside the slow start after an RTO: none (every acked byte counts).
+SS_NO_LIMIT: int = 1 << 62
 #: Gain of the RTT smoothing for the t + RTT target (RFC 6298's alpha).
 _SRTT_GAIN = 0.125
 
@@ -113,8 +118,8 @@ class Cubic:
         # Sub-byte remainder of congestion-avoidance growth, so that many tiny
         # increments add up exactly (the int cwnd alone would round them all away).
         self._cwnd_frac: float = 0.0
-        # RFC 3465 ABC limit L for slow start: 2*MSS, 1*MSS after an RTO.
-        self._ss_limit: int = 2 * mss
+        # RFC 3465 ABC limit L for slow start: none, 1*MSS after an RTO.
+        self._ss_limit: int = SS_NO_LIMIT
         # RFC 9438 4.8: the next congestion-avoidance epoch is the first after a timeout.
         self._after_rto: bool = False
         # RFC 5681 3.1: a further RTO before new data is acked keeps ssthresh.
@@ -158,7 +163,7 @@ class Cubic:
             # Reached ssthresh: the rest of this ACK's credit goes to congestion avoidance.
             self.cwnd = ssthresh
             self._cwnd_frac = 0.0
-            self._ss_limit = 2 * mss
+            self._ss_limit = SS_NO_LIMIT
             acked_bytes = inc - room
             if acked_bytes <= 0:
                 return
@@ -251,7 +256,7 @@ class Cubic:
         self._end_epoch()
         self._after_rto = False
         self._rto_hold = False
-        self._ss_limit = 2 * self.mss
+        self._ss_limit = SS_NO_LIMIT
 
     def on_rto(self, flight_size: int, now: float) -> None:
         """Timeout (4.8): ssthresh as in 4.6, cwnd = 1 MSS (RFC 5681's loss window)."""
