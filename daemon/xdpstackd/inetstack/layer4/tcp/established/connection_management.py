@@ -24,6 +24,10 @@ class State(enum.Enum):
     LAST_ACK = "LAST_ACK"
     CLOSED = "CLOSED"
 
+    # Members are singletons: hash by identity (a C slot) instead of Enum's Python-level
+    # hash of the name, which the per-segment ``state in _RECEIVING`` test paid for.
+    __hash__ = object.__hash__
+
 
 # States in which the peer may still send us data (RFC 9293 3.10.7.4, seventh step).
 _RECEIVING = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
