@@ -24,23 +24,33 @@
  *      the owned address (the daemon answers closed ports with RST itself).
  *   6. Everything else: XDP_PASS.
  *
- * SYN cookies (config in the map syncookie_cfg, off while its ns_per_syn is 0): a SYN without
-ACK or RST to a steered port (IHL 5) outside the daemon's ephemeral ports (which its own
-connections use: a SYN there is for one of them, and the daemon answers it with a challenge
-ACK, RFC 5961, or a reset; XDP does not know connections) passes a per-CPU token bucket (GCRA: ns_per_syn of
-credit per SYN, burst_ns deep) on its way to the daemon, which answers it with every option
-it supports. Over the rate, the program answers it itself: a cookie SYN-ACK built in place
-and sent back out with XDP_TX (counted TX and SYNCOOKIES_SENT_XDP), no frame for the daemon.
-The cookie is xdps_syncookie() of layer4/tcp/syncookie.h, the file the daemon's TCP core
-uses to check the ACK that returns it, with the key the daemon wrote into the map. Only
-the MSS option is read (when it is the SYN's first option, as every common stack sends it)
-and answered (the daemon's MSS; a SYN too short to take a 4-byte option in place gets
-none). This is how a full-rate flood stays out of the AF_XDP ring, which the daemon reads at
-Python speed, so that established connections keep their share of it. A second bucket
-(ns_per_cookie, off while 0) bounds the cookies sent; SYNs over both rates are dropped
-(counted SYN_DROPPED and DROPPED: the only XDP_DROP).
-
-"Goes to the daemon" is bpf_redirect_map(&xsks, rx_queue_index, XDP_PASS): when the
+ * SYN cookies (config in the map syncookie_cfg, off while its ns_per_syn is 0): a SYN
+ * without ACK or RST to a steered port (IHL 5) is answered here only when both hold:
+ *   - its port is flooded: its bit is set in the map flooded (one bit per port, written by
+ *     the daemon's engine from TcpPeer.flooded_ports(): the listener's SYN backlog
+ *     overflowed, and the daemon answered with a cookie of its own, within the last
+ *     FLOOD_HOLD_S), as Linux sends cookies only when the SYN queue overflows. Not
+ *     flooded: the SYN goes to the daemon as any other frame, whatever the rate (AF_XDP
+ *     tx reaches any peer; XDP_TX on a veth reaches only a peer end that runs XDP);
+ *   - it is over the rate: a per-CPU token bucket (GCRA: ns_per_syn of credit per SYN,
+ *     burst_ns deep), which only SYNs to flooded ports draw on. Within it the SYN goes to
+ *     the daemon, which answers it with every option it supports (and keeps the port
+ *     flooded while its backlog is full).
+ * Ports skip_lo..skip_hi (the daemon's ephemeral ports, which its own connections use: a
+ * SYN there is for one of them, and the daemon answers it with a challenge ACK, RFC 5961,
+ * or a reset; XDP does not know connections) always go to the daemon. The answer is a
+ * cookie SYN-ACK built in place and sent back out with XDP_TX (counted TX and
+ * SYNCOOKIES_SENT_XDP), no frame for the daemon. The cookie is xdps_syncookie() of
+ * layer4/tcp/syncookie.h, the file the daemon's TCP core uses to check the ACK that
+ * returns it, with the key the daemon wrote into the map. Only the MSS option is read
+ * (when it is the SYN's first option, as every common stack sends it) and answered (the
+ * daemon's MSS; a SYN too short to take a 4-byte option in place gets none). This is how
+ * a full-rate flood stays out of the AF_XDP ring, which the daemon reads at Python speed,
+ * so that established connections keep their share of it. A second bucket (ns_per_cookie,
+ * off while 0) bounds the cookies sent; SYNs over both rates are dropped (counted
+ * SYN_DROPPED and DROPPED: the only XDP_DROP).
+ *
+ * "Goes to the daemon" is bpf_redirect_map(&xsks, rx_queue_index, XDP_PASS): when the
  * rx queue's XSKMAP slot is empty (the daemon is not serving that queue, or it is starting
  * or stopping) the helper returns XDP_PASS and the kernel gets the frame (counted NO_XSK
  * and PASSED). A helper-level redirect can still fail later inside the kernel (an XSK bound
@@ -73,6 +83,8 @@ Python speed, so that established connections keep their share of it. A second b
 #ifndef XDPSTACK_MAX_STEER
 #define XDPSTACK_MAX_STEER 16384
 #endif
+/* the flooded bitmap: one bit per TCP port, 64 ports a word (8 KiB) */
+#define XDPSTACK_FLOODED_WORDS (65536 / 64)
 
 /* config.flags */
 #define XDPSTACK_F_OWNED_TCP_ALL 0x1 /* owned mode: all TCP to the owned address */
@@ -139,6 +151,7 @@ BPF_PERCPU_ARRAY(counters, __u64, XDPSTACK_C_MAX);
 BPF_ARRAY(config, struct xdpstack_config, 1);
 BPF_ARRAY(syncookie_cfg, struct xdpstack_syncookie, 1);
 BPF_PERCPU_ARRAY(syn_bucket, struct syn_bucket, 2); /* SYN_BUCKET_* */
+BPF_ARRAY(flooded, __u64, XDPSTACK_FLOODED_WORDS); /* bit port: its listener is flooded */
 
 static __always_inline void count(__u32 idx)
 {
@@ -181,6 +194,14 @@ static __always_inline int steered(__be32 daddr, __be16 dport)
         return 1;
     key.addr = 0;
     return steering.lookup(&key) != NULL;
+}
+
+/* Whether the daemon says the listener on this port (host order) is flooded. */
+static __always_inline int port_flooded(__u16 port)
+{
+    __u32 idx = port >> 6;
+    __u64 *word = flooded.lookup(&idx);
+    return word && ((*word >> (port & 63)) & 1);
 }
 
 #define SYN_BUCKET_DAEMON 0 /* SYNs to the daemon */
@@ -370,6 +391,7 @@ int xdpstack_rx(struct xdp_md *ctx)
             struct xdpstack_syncookie *sc = syncookie_cfg.lookup(&zero);
             __u16 dport = ntohs(tcp->dest);
             if (sc && sc->ns_per_syn && (dport < sc->skip_lo || dport > sc->skip_hi) &&
+                port_flooded(dport) &&
                 !within_rate(SYN_BUCKET_DAEMON, sc->ns_per_syn, sc->burst_ns)) {
                 if (sc->ns_per_cookie &&
                     !within_rate(SYN_BUCKET_COOKIE, sc->ns_per_cookie, sc->cookie_burst_ns)) {

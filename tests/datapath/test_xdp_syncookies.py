@@ -1,6 +1,8 @@
-"""SYN cookies in the XDP program: SYNs to a steered port over the rate are answered by
-the program itself (``XDP_TX``) with a cookie SYN-ACK that the TCP core accepts, because
-both compute it with ``inetstack/layer4/tcp/syncookie.h`` and the same key.
+"""SYN cookies in the XDP program: SYNs to a steered port that the daemon says is flooded
+(``set_flooded``) and over the rate are answered by the program itself (``XDP_TX``) with a
+cookie SYN-ACK that the TCP core accepts, because both compute it with
+``inetstack/layer4/tcp/syncookie.h`` and the same key. SYNs to a port not flooded go to the
+daemon whatever their rate.
 
 The namespaces, veth and frame helpers are ``test_xdp_program``'s. B's veth end runs an
 XDP program that passes everything: a veth delivers the ``XDP_TX`` frames of native mode
@@ -154,6 +156,7 @@ def test_syns_over_the_rate_get_cookie_synacks_from_xdp_that_the_core_accepts(
     prog.steer_add(0, PORT)
     cookies = syncookie.SynCookies(os.urandom(16))
     prog.set_syncookies(cookies.key_words, rate=1, burst=1, mss=OUR_MSS)
+    prog.set_flooded([PORT])
     isns = {40000 + i: 0x10000000 * i + 12345 for i in range(6)}
     before = prog.counters()
     with capture_on_b(pair) as sock:
@@ -186,6 +189,7 @@ def test_a_syn_without_options_gets_a_synack_without_options_and_a_536_cookie(
     prog.steer_add(0, PORT)
     cookies = syncookie.SynCookies(os.urandom(16))
     prog.set_syncookies(cookies.key_words, rate=1, burst=1, mss=OUR_MSS)
+    prog.set_flooded([PORT])
     with capture_on_b(pair) as sock:
         pair.send_raw(*(pair.eth(0x0800, syn(41000 + i, 777)) for i in range(3)))
         frames = tcp_frames(sock, want=2)
@@ -205,6 +209,7 @@ def test_syns_within_the_rate_and_with_cookies_off_go_to_the_daemon(pair: Pair, 
     prog.steer_add(0, PORT)
     key = syncookie.SynCookies(os.urandom(16)).key_words
     prog.set_syncookies(key, rate=100_000, burst=100, mss=OUR_MSS)
+    prog.set_flooded([PORT])
     before = prog.counters()
     pair.send_raw(*(pair.eth(0x0800, syn(42000 + i, 1)) for i in range(20)))
     d = settle(prog, before, lambda d: d.get("no_xsk", 0) >= 20)
@@ -217,12 +222,55 @@ def test_syns_within_the_rate_and_with_cookies_off_go_to_the_daemon(pair: Pair, 
 
 
 @pytest.mark.integration
+def test_syns_over_the_rate_to_a_port_not_flooded_go_to_the_daemon(pair: Pair, program) -> None:
+    """The bench's case: a burst of legitimate connects over the rate, no backlog overflow.
+    Only while the daemon says the port is flooded does XDP answer with cookies."""
+    prog = program(mode="generic")
+    prog.steer_add(0, PORT)
+    key = syncookie.SynCookies(os.urandom(16)).key_words
+    prog.set_syncookies(key, rate=1, burst=1, mss=OUR_MSS)
+
+    def send_syns(first_sport: int) -> dict[str, int]:
+        before = prog.counters()
+        pair.send_raw(*(pair.eth(0x0800, syn(first_sport + i, 1)) for i in range(10)))
+        return settle(prog, before, lambda d: d.get("no_xsk", 0) + d.get("tx", 0) >= 10)
+
+    d = send_syns(47000)  # nothing flooded
+    assert d["no_xsk"] == 10 and d.get("tx", 0) == 0, d
+    prog.set_flooded([PORT + 1])  # a neighbour in the same word of the bitmap
+    d = send_syns(47100)
+    assert d["no_xsk"] == 10 and d.get("tx", 0) == 0, d
+    prog.set_flooded([PORT])
+    d = send_syns(47200)
+    assert d.get("syncookies_sent_xdp", 0) == d.get("tx", 0) >= 9, d  # the bucket's 1 passes
+    prog.set_flooded([])  # the flood is over
+    d = send_syns(47300)
+    assert d["no_xsk"] == 10 and d.get("tx", 0) == 0, d
+
+
+@pytest.mark.integration
+def test_the_flooded_map_holds_exactly_the_ports_set(pair: Pair, program) -> None:
+    prog = program(mode="generic")
+    assert prog.flooded() == []
+    prog.set_flooded([1, 80, 81, 127, 128, 50000, 65535])
+    assert prog.flooded() == [1, 80, 81, 127, 128, 50000, 65535]
+    prog.set_flooded({81, 443})
+    assert prog.flooded() == [81, 443]
+    prog.set_flooded(())
+    assert prog.flooded() == []
+    for bad in (0, 65536, -1):
+        with pytest.raises(ValueError):
+            prog.set_flooded([bad])
+
+
+@pytest.mark.integration
 def test_syns_to_the_daemons_ephemeral_ports_always_go_to_the_daemon(pair: Pair, program) -> None:
     """Its own connections' ports: a SYN there is the daemon's to answer (challenge ACK)."""
     prog = program(mode="generic")
     prog.steer_add(0, 50000)
     key = syncookie.SynCookies(os.urandom(16)).key_words
     prog.set_syncookies(key, rate=1, burst=1, mss=OUR_MSS, skip_ports=(49152, 65535))
+    prog.set_flooded([50000])  # even flooded
     before = prog.counters()
     frames = [
         ipv4(IP_B, IP_A, 6, struct.pack("!HHIIBBHHH", 46000 + i, 50000, 1, 0, 0x50, SYN, 512, 0, 0))
@@ -239,6 +287,7 @@ def test_syns_over_both_the_daemons_and_the_cookie_rate_are_dropped(pair: Pair, 
     prog.steer_add(0, PORT)
     key = syncookie.SynCookies(os.urandom(16)).key_words
     prog.set_syncookies(key, rate=1, burst=1, mss=OUR_MSS, cookie_rate=1)
+    prog.set_flooded([PORT])
     before = prog.counters()
     pair.send_raw(*(pair.eth(0x0800, syn(45000 + i, 1)) for i in range(5)))
     d = settle(prog, before, lambda d: d.get("syn_dropped", 0) >= 3)
@@ -263,6 +312,7 @@ def test_a_kernel_clients_ack_of_an_xdp_cookie_opens_a_connection_in_the_core(
     core.bind(lqd, (IP_A, PORT))
     core.listen(lqd)
     prog.set_syncookies(core.isn.cookies.key_words, rate=1, burst=1, mss=OUR_MSS)
+    prog.set_flooded([PORT])
     # B's segments are captured on their way out: with their checksums filled in, please
     run("ip", "netns", "exec", pair.ns_b, "ethtool", "-K", pair.if_b, "tx", "off")
     with unbound_xsk() as xsk:  # A's kernel must not see (and reset) B's ACK and data

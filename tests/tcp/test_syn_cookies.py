@@ -23,6 +23,7 @@ from xdpstackd.inetstack.layer4.tcp.header import (
     build_tcp,
     parse_tcp,
 )
+from xdpstackd.inetstack.layer4.tcp.passive_open import FLOOD_HOLD_S
 from xdpstackd.inetstack.layer4.tcp.peer import TcpPeer
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber as S
 
@@ -199,6 +200,83 @@ def test_without_syncookies_a_full_backlog_drops_the_syn() -> None:
     assert p.counters["tcp_syncookies_sent"] == 0
     p.receive(B, A, seg(6008, ACK, 2, 12345), T0)
     assert [h.flags for h, _ in sent(p)] == [RST]
+
+
+# -- flooded listeners (what lets the XDP program answer SYNs with cookies) -------------------
+def run_timers_out(p: TcpPeer) -> None:
+    """Timers at each next_deadline() until none is left (bounded: a deadline that never
+    goes away fails here rather than hanging)."""
+    for _ in range(100):
+        deadline = p.next_deadline()
+        if deadline is None:
+            return
+        p.handle_timers(deadline)
+        assert p.flooded_ports() == frozenset()
+    raise AssertionError(f"a deadline stays: {p.next_deadline()}")
+
+
+def test_a_listener_is_flooded_from_its_first_cookie_and_ports_version_says_so() -> None:
+    p, _ = listening()
+    fill_backlog(p)
+    version = p.ports_version
+    assert p.flooded_ports() == frozenset()  # a full backlog is not yet an overflow
+    cookie_synack(p, 6100, 1)
+    assert p.flooded_ports() == {PORT}
+    assert p.ports_version == version + 1  # the engine pushes the set to XDP on a change
+    cookie_synack(p, 6101, 1)
+    assert p.ports_version == version + 1  # still flooded: no change to push
+
+
+def test_a_flooded_listener_stops_being_flooded_a_hold_after_its_last_overflow() -> None:
+    p, _ = listening()
+    fill_backlog(p)
+    cookie_synack(p, 6102, 1)
+    p.receive(B, A, seg(6103, SYN, 1, 0), T0 + 1.0)  # another overflow renews the hold
+    sent(p)
+    version = p.ports_version
+    # the clock driven as the engine drives it: timers at each next_deadline()
+    left_at = None
+    for _ in range(100):
+        deadline = p.next_deadline()
+        assert deadline is not None, "the flood's end must have a deadline"
+        p.handle_timers(deadline)
+        if not p.flooded_ports():
+            left_at = deadline
+            break
+        assert p.ports_version == version
+    assert left_at == T0 + 1.0 + FLOOD_HOLD_S
+    assert p.ports_version == version + 1
+
+
+def test_no_listener_is_flooded_and_no_flood_deadline_without_an_overflow() -> None:
+    p, _ = listening()
+    version = p.ports_version
+    assert p.next_deadline() is None
+    fill_backlog(p)  # half-open entries, their SYN-ACKs, their timers
+    p.receive(B, A, seg(6104, ACK, 1, 12345), T0)  # a stray ACK: reset
+    p.receive(B, A, seg(5000, SYN, 100, 0), T0)  # a duplicate SYN of a half-open one
+    assert p.flooded_ports() == frozenset() and p.flooded == {}
+    assert p.ports_version == version
+    run_timers_out(p)  # the half-open ones time out; nothing is flooded meanwhile
+
+
+def test_without_syncookies_a_full_backlog_floods_nothing() -> None:
+    p, _ = listening(syncookies=False)
+    fill_backlog(p)
+    p.receive(B, A, seg(6105, SYN, 1, 0), T0)
+    assert p.counters["tcp_drop_syn_backlog_full"] == 1
+    assert p.flooded_ports() == frozenset()
+
+
+def test_closing_a_flooded_listener_unfloods_its_port() -> None:
+    p, lqd = listening()
+    fill_backlog(p)
+    cookie_synack(p, 6106, 1)
+    version = p.ports_version
+    p.close(lqd, T0 + 0.1)
+    assert p.flooded_ports() == frozenset()
+    assert p.ports_version > version
+    run_timers_out(p)  # the flood deadline left behind ends without flooding anything
 
 
 # -- the cookie function ----------------------------------------------------------------------

@@ -16,13 +16,16 @@ maps:
     per-CPU array, :data:`COUNTER_NAMES` (summed over CPUs by :meth:`~XdpProgram.counters`).
 ``config``
     the owned IPv4 address (0 = shared mode) and flags (:data:`FLAG_OWNED_TCP_ALL`).
-``syncookie_cfg``, ``syn_bucket``
+``syncookie_cfg``, ``syn_bucket``, ``flooded``
     SYN cookies in XDP (:meth:`~XdpProgram.set_syncookies`; off until called): SYNs to a
-    steered port over a per-CPU rate are answered by the program with a cookie SYN-ACK
-    (``XDP_TX``), computed by ``inetstack/layer4/tcp/syncookie.h`` with the TCP core's key,
-    so that the core accepts the returning ACK. On a veth, ``XDP_TX`` in native mode needs
-    the peer end to take XDP frames (an XDP program there, or GRO on: ``ethtool -K PEER gro
-    on``); otherwise the kernel drops the replies.
+    steered port that is flooded (:meth:`~XdpProgram.set_flooded`: its listener's SYN
+    backlog overflowed lately, ``TcpPeer.flooded_ports``) and over a per-CPU rate are
+    answered by the program with a cookie SYN-ACK (``XDP_TX``), computed by
+    ``inetstack/layer4/tcp/syncookie.h`` with the TCP core's key, so that the core accepts
+    the returning ACK. Every other SYN goes to the daemon. On a veth, ``XDP_TX`` in native
+    mode needs the peer end to take XDP frames (an XDP program there, or GRO on: ``ethtool
+    -K PEER gro on``); otherwise the kernel drops the replies, which is why XDP answers only
+    while the daemon's own backlog is overflowing.
 
 bcc (Debian's ``python3-bpfcc``) is imported only when a program is compiled, so this
 module imports on machines without it. bcc needs the running kernel's headers; on kernels
@@ -41,6 +44,7 @@ import re
 import socket
 import struct
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -331,6 +335,7 @@ class XdpProgram:
         self._bpf: Any = None
         self._prog_id: int | None = None
         self._attached = False
+        self._flooded_words: dict[int, int] = {}  # what the flooded map holds (non-zero)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -470,6 +475,7 @@ class XdpProgram:
         finally:
             self._attached = False
             self._bpf = None
+            self._flooded_words = {}
             bpf.cleanup()
 
     def _detach_from_interface(self) -> None:
@@ -588,6 +594,36 @@ class XdpProgram:
         leaf.mss = mss
         leaf.window = window
         table[ctypes.c_int(0)] = leaf
+
+    def set_flooded(self, ports: Iterable[int]) -> None:
+        """The listening ports (host order) whose SYNs over the rate the program answers
+        with cookies (``TcpPeer.flooded_ports``); SYNs to any other port go to the daemon.
+        The map is a bitmap of all 65,536 ports; only the words that change are written."""
+        words: dict[int, int] = {}
+        for port in ports:
+            if not 0 < port < 1 << 16:
+                raise ValueError(f"not a TCP port: {port!r}")
+            words[port >> 6] = words.get(port >> 6, 0) | 1 << (port & 63)
+        old = self._flooded_words
+        if words == old:
+            return
+        table = self._table("flooded")
+        for index in old.keys() | words.keys():
+            value = words.get(index, 0)
+            if old.get(index, 0) != value:
+                table[ctypes.c_int(index)] = ctypes.c_uint64(value)
+        self._flooded_words = words
+
+    def flooded(self) -> list[int]:
+        """The ports the ``flooded`` map holds, sorted (read back from the kernel)."""
+        table = self._table("flooded")
+        return sorted(
+            (k.value << 6) + bit
+            for k, v in table.items()
+            if v.value
+            for bit in range(64)
+            if v.value >> bit & 1
+        )
 
     def _steer_key(self, ip: int, port: int) -> Any:
         if not 0 <= ip < 1 << 32:

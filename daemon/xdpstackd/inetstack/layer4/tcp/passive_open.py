@@ -11,6 +11,10 @@ With ``TcpConfig.syncookies`` a SYN to a full SYN backlog is answered with a SYN
 (``syncookie.py``) and no state; an ACK for no half-open connection whose SEG.ACK - 1 is a
 valid cookie opens the connection directly (MSS from the cookie, no window scale). So a
 SYN flood can fill the backlog but not keep legitimate clients out.
+
+A listener that had to send a cookie is *flooded* until ``FLOOD_HOLD_S`` after its last
+one (``TcpPeer.flooded_ports``): only then may the XDP program answer its SYNs over the
+per-CPU rate itself, as Linux sends cookies only when the SYN queue overflows.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ from xdpstackd.inetstack.layer4.tcp.syncookie import PERIOD_SHIFT
 # After a cookie, ACKs are checked for cookies for as long as that cookie can verify.
 _COOKIE_VALID_S = 2 * (1 << PERIOD_SHIFT) / 1e9
 _DEFAULT_MSS = 536  # RFC 9293 3.7.1: a SYN without the MSS option
+#: A listener stays flooded this long after the last SYN its full backlog could not take.
+#: Long enough not to flap while a flood lasts (the XDP program still passes the daemon
+#: ``xdp_syn_rate`` SYNs a second, and past a full backlog each one renews the hold), short
+#: enough that clients after the flood soon get full SYN-ACKs (window scale) again, and
+#: that a burst of legitimate connects does not keep XDP's cookies on (on a veth whose peer
+#: runs no XDP, XDP_TX frames are never delivered).
+FLOOD_HOLD_S = 2.0
 
 if TYPE_CHECKING:
     from xdpstackd.inetstack.layer4.tcp.established.established_socket import (
@@ -106,6 +117,7 @@ class PassiveSocket:
         )
         self.cookies_until = now + _COOKIE_VALID_S
         peer.counters["tcp_syncookies_sent"] += 1
+        peer.syn_backlog_overflowed(local[1], now)
         peer.send_syn(
             local,
             remote,

@@ -42,7 +42,11 @@ from xdpstackd.inetstack.layer4.tcp.header import (
 )
 from xdpstackd.inetstack.layer4.tcp.isn_generator import IsnGenerator
 from xdpstackd.inetstack.layer4.tcp.output import SegmentOutput, TcpOutput
-from xdpstackd.inetstack.layer4.tcp.passive_open import HalfOpenConnection, PassiveSocket
+from xdpstackd.inetstack.layer4.tcp.passive_open import (
+    FLOOD_HOLD_S,
+    HalfOpenConnection,
+    PassiveSocket,
+)
 from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
 from xdpstackd.inetstack.layer4.tcp.socket import SocketOptions, SocketState, TcpSocket
 
@@ -91,7 +95,11 @@ class TcpPeer:
         self.conns: dict[tuple[int, int, int, int], Connection] = {}
         self.listeners: dict[tuple[int, int], PassiveSocket] = {}
         self.port_refs: _Counter[int] = _Counter()
-        self.ports_version = 0  # bumped whenever the set of ports in use changes
+        # bumped whenever the set of ports in use, or of flooded ports, changes
+        self.ports_version = 0
+        #: listening port -> when it stops being flooded (``syn_backlog_overflowed``)
+        self.flooded: dict[int, float] = {}
+        self._flood_deadline: float | None = None  # the earliest of those, or later
         self.port_held_by: dict[int, int] = {}  # id(conn) -> port an orphan still holds
         # accepted connections use their listener's port; they keep it steered even after
         # the listener is closed (no bind conflict from them: that is port_refs' job)
@@ -193,6 +201,9 @@ class TcpPeer:
         return out
 
     def handle_timers(self, now: float) -> None:
+        flood_deadline = self._flood_deadline
+        if flood_deadline is not None and flood_deadline <= now:
+            self._end_floods(now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             deadline, _, conn = heapq.heappop(timers)
@@ -204,13 +215,16 @@ class TcpPeer:
 
     def next_deadline(self) -> float | None:
         timers = self._timers
+        flood_deadline = self._flood_deadline
         while timers:
             deadline, _, conn = timers[0]
             if conn.released or conn.scheduled != deadline:
                 heapq.heappop(timers)
                 continue
+            if flood_deadline is not None and flood_deadline < deadline:
+                return flood_deadline
             return deadline
-        return None
+        return flood_deadline
 
     # =====================================================================================
     # application side
@@ -435,6 +449,32 @@ class TcpPeer:
         if conn is None or conn.is_handshake:
             raise OSError(errno.ENOTCONN, "socket is not connected")
         return (ip_to_str(conn.remote[0]), conn.remote[1])
+
+    def flooded_ports(self) -> frozenset[int]:
+        """Listening ports whose SYN backlog overflowed in the last ``FLOOD_HOLD_S``: the
+        ports whose SYNs over its rate the XDP program may answer with cookies itself."""
+        return frozenset(self.flooded)
+
+    def syn_backlog_overflowed(self, port: int, now: float) -> None:
+        """The listener on ``port`` answered a SYN with a cookie: flooded for a while."""
+        until = now + FLOOD_HOLD_S
+        flooded = self.flooded
+        if port not in flooded:
+            self.ports_version += 1
+            if self._flood_deadline is None or until < self._flood_deadline:
+                self._flood_deadline = until
+        flooded[port] = until
+
+    def _end_floods(self, now: float) -> None:
+        """Ports whose hold ran out are no longer flooded; the next deadline is the
+        earliest hold left (renewed holds move on without a timer of their own)."""
+        flooded = self.flooded
+        ended = [port for port, until in flooded.items() if until <= now]
+        for port in ended:
+            del flooded[port]
+        if ended:
+            self.ports_version += 1
+        self._flood_deadline = min(flooded.values()) if flooded else None
 
     def ports_in_use(self) -> list[int]:
         """Local ports the stack's sockets and connections use (what XDP must steer):
@@ -677,6 +717,8 @@ class TcpPeer:
     def _close_listener(self, listener: PassiveSocket, now: float) -> None:
         """Closing a listener resets what waits in its accept queue (as Linux does)."""
         self.listeners.pop(listener.local, None)
+        if self.flooded.pop(listener.local[1], None) is not None:
+            self.ports_version += 1
         for half in list(listener.half_open.values()):
             half.drop()
         while listener.ready:
