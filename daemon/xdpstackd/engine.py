@@ -301,6 +301,13 @@ class Engine:
         if wanted != self._steered:
             log.debug("steering %d ports", len(wanted))
         self._steered = wanted
+        # listeners whose SYN backlog overflows: the XDP program answers SYNs over its rate
+        flooded = tcp.flooded_ports()
+        if flooded != getattr(self, "_flooded", frozenset()):
+            if self.xdp is not None:
+                self.xdp.set_flooded(flooded)
+            log.info("SYN backlog overflowing (SYN cookies) on ports: %s", sorted(flooded))
+            self._flooded = flooded
 
     # -- capture ------------------------------------------------------------------------
     def add_tap(self, tap: Tap) -> None:
