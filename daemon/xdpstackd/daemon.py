@@ -197,7 +197,8 @@ def run(settings: Settings) -> int:
             owned_address=owned,
             neighbour_lookup=neighbour_lookup,
         )
-        # SYN cookies in XDP for SYNs over the rate, with the key the core checks them with
+        # SYN cookies in XDP for SYNs over the rate to a flooded listener (the engine keeps
+        # the program's flooded ports equal to the core's), with the key the core checks
         cookies = stack.tcp.isn.cookies
         syn_rate = settings.xdp_syn_rate if stack_config.tcp.syncookies else 0
         xdp.set_syncookies(

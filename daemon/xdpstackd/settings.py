@@ -64,10 +64,12 @@ class Settings:
     # bytes held in pushes not yet in a send buffer (ENOBUFS)
     client_max_sockets: int = 65536
     client_max_push_bytes: int = 64 << 20
-    # SYNs a second (per CPU) that the XDP program lets through to the daemon; it answers
-    # the rest itself with SYN cookies (0: every SYN to the daemon). Far below what the
-    # daemon can take (~15k SYNs a second at full CPU), so that under a flood the AF_XDP
-    # ring and the daemon's CPU stay with established traffic.
+    # While a listener is flooded (its SYN backlog overflowed, and the daemon answered with
+    # a SYN cookie, in the last 2 s), SYNs a second (per CPU) to it that the XDP program
+    # lets through to the daemon; it answers the rest itself with SYN cookies (0: every SYN
+    # to the daemon). Far below what the daemon can take (~15k SYNs a second at full CPU),
+    # so that under a flood the AF_XDP ring and the daemon's CPU stay with established
+    # traffic. SYNs to a listener not flooded all go to the daemon, whatever their rate.
     xdp_syn_rate: int = 1000
     # Cookie SYN-ACKs a second (per CPU) the XDP program sends; SYNs over both rates are
     # dropped in XDP (0: no limit, as Linux). Bounds what a flood costs the link back.
