@@ -99,7 +99,7 @@ class TcpPeer:
         self.ports_version = 0
         #: listening port -> when it stops being flooded (``syn_backlog_overflowed``)
         self.flooded: dict[int, float] = {}
-        self._flood_deadline: float | None = None  # the earliest of those, or later
+        self._flood_deadline: float | None = None  # at or before the earliest of those
         self.port_held_by: dict[int, int] = {}  # id(conn) -> port an orphan still holds
         # accepted connections use their listener's port; they keep it steered even after
         # the listener is closed (no bind conflict from them: that is port_refs' job)
@@ -452,7 +452,8 @@ class TcpPeer:
 
     def flooded_ports(self) -> frozenset[int]:
         """Listening ports whose SYN backlog overflowed in the last ``FLOOD_HOLD_S``: the
-        ports whose SYNs over its rate the XDP program may answer with cookies itself."""
+        ports whose SYNs over its rate the XDP program may answer with cookies itself
+        (the engine pushes the set to it whenever ``ports_version`` changes)."""
         return frozenset(self.flooded)
 
     def syn_backlog_overflowed(self, port: int, now: float) -> None:
