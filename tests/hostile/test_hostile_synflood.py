@@ -9,10 +9,13 @@ an xdpstack <-> kernel echo transfer runs alongside. What must hold: the SYN bac
 transfer carries on (sha256-checked) at a quarter of its rate at least, and a legitimate
 client connects while the flood lasts.
 
-How: the XDP program lets ``daemon.xdp_syn_rate`` SYNs a second through to the daemon and
-answers the rest itself with SYN cookies (``syncookies_sent_xdp``), so the flood stays out
-of the AF_XDP ring; the daemon answers SYNs past a full backlog with cookies too
-(``tcp_syncookies_sent``); both kinds of cookie open a connection when the ACK returns one.
+How: the flood's first SYNs reach the daemon and fill the listener's backlog; the daemon
+answers SYNs past it with cookies (``tcp_syncookies_sent``), which marks the listener
+flooded, and the engine tells the XDP program so. From then on the program lets
+``daemon.xdp_syn_rate`` SYNs a second through to the daemon (which keep the listener
+flooded) and answers the rest itself with SYN cookies (``syncookies_sent_xdp``), so the
+flood stays out of the AF_XDP ring; both kinds of cookie open a connection when the ACK
+returns one.
 
 The cookie SYN-ACKs go back over the veth to the spoofed addresses, that is to the peer's
 end: an XDP program there drops what is not for the peer's own address, as the network
