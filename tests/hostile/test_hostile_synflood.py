@@ -162,6 +162,12 @@ def legit_connect(d: DaemonProcess, timeout: float) -> float | None:
     return time.monotonic() - t0
 
 
+def ring_lost(before: dict[str, Any], after: dict[str, Any]) -> int:
+    """Frames the kernel dropped at the AF_XDP rx ring (or for want of a fill frame)."""
+    dp_b, dp_a = before["datapath"], after["datapath"]
+    return sum(int(dp_a[k]) - int(dp_b[k]) for k in ("kernel_rx_dropped", "kernel_rx_ring_full"))
+
+
 def half_open(stats: dict[str, Any], established: int) -> int:
     return int(stats["connections"]) - established
 
@@ -242,22 +248,26 @@ def test_syn_flood_keeps_backlog_and_memory_bounded_and_the_transfer_going(lab: 
         while time.monotonic() < t_end:
             time.sleep(0.5)
             stats = d.stats()
-            samples.append((half_open(stats, established), rss_kib(d.pid) - rss_before))
+            samples.append(
+                (
+                    half_open(stats, established),
+                    rss_kib(d.pid) - rss_before,
+                    ring_lost(before, stats),
+                )
+            )
             assert half_open(stats, established) <= SYN_BACKLOG, stats["connections"]
         echoed_during = transfer.echoed - echoed_at_start
     after = d.stats()
     rss_after = rss_kib(d.pid)
     delta = counters_delta(before, after)
     xdp_cookies = xdp_delta(before, after).get("syncookies_sent_xdp", 0)
-    dp_b, dp_a = before["datapath"], after["datapath"]
-    ring_lost = sum(
-        int(dp_a[k]) - int(dp_b[k]) for k in ("kernel_rx_dropped", "kernel_rx_ring_full")
-    )
+    lost = ring_lost(before, after)
     print(
         f"\nSYN flood: {flood.sent} SYNs in {flood.seconds:.1f}s = {flood.rate_achieved:,.0f}/s "
         f"from {len(set(f[26:30] for f in frames))} addresses; the daemon took "
-        f"{delta.get('tcp_segments_in', 0)} segments, {ring_lost} frames lost in the AF_XDP "
-        f"rx ring\n  half-open (max {SYN_BACKLOG}) and RSS growth KiB, every 0.5 s: {samples}\n"
+        f"{delta.get('tcp_segments_in', 0)} segments, {lost} frames lost in the AF_XDP "
+        f"rx ring\n  half-open (max {SYN_BACKLOG}), RSS growth KiB and frames lost in the rx "
+        f"ring so far, every 0.5 s: {samples}\n"
         f"  syncookies_sent_xdp +{xdp_cookies}, "
         f"tcp_syncookies_sent +{delta.get('tcp_syncookies_sent', 0)}, "
         f"tcp_drop_syn_backlog_full +{delta.get('tcp_drop_syn_backlog_full', 0)}, "
