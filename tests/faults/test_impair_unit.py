@@ -280,6 +280,37 @@ def test_held_frames_are_bounded() -> None:
     assert stats["impair_tx_held"] == 50
 
 
+def test_the_inner_transmit_queue_is_reachable_through_the_impairment_stage() -> None:
+    """The engine sends what waits in an AF_XDP socket's transmit queue (no free frame)
+    only through ``flush``/``tx_pending``: under --impair they must reach the socket."""
+
+    class QueueingDatapath(FakeDatapath):
+        def __init__(self) -> None:
+            super().__init__()
+            self.queue: list[bytes] = []
+
+        def transmit(self, frames: list[bytes]) -> int:
+            self.queue.extend(frames)
+            return len(frames)
+
+        def flush(self) -> int:
+            self.sent.extend(self.queue)
+            self.queue.clear()
+            return 0
+
+        def tx_pending(self) -> int:
+            return len(self.queue)
+
+    inner = QueueingDatapath()
+    dp = ImpairedDatapath(inner, tx=Impairments(loss=0.0))
+    dp.transmit(frames(3))
+    assert dp.tx_pending() == 3 and inner.sent == []
+    assert dp.flush() == 0
+    assert dp.tx_pending() == 0 and inner.sent == frames(3)
+    plain = ImpairedDatapath(FakeDatapath())  # an inner datapath without a queue
+    assert plain.tx_pending() == 0 and plain.flush() == 0
+
+
 def test_delays_need_the_loop() -> None:
     with pytest.raises(ValueError, match="loop"):
         ImpairedDatapath(FakeDatapath(), rx=Impairments(delay_s=0.001))

@@ -362,6 +362,16 @@ class ImpairedDatapath:
         queued = self.inner.transmit(now_out)
         return len(frames) - (len(now_out) - queued)
 
+    def flush(self) -> int:
+        """The inner datapath's transmit queue (``XskSocket.flush``): frames that found no
+        room wait there, and the engine sends them on only through this."""
+        flush = getattr(self.inner, "flush", None)
+        return flush() if flush is not None else 0
+
+    def tx_pending(self) -> int:
+        pending = getattr(self.inner, "tx_pending", None)
+        return pending() if pending is not None else 0
+
     def stats(self) -> dict[str, int]:
         out = dict(self.inner.stats())
         for direction in (self.rx, self.tx):
