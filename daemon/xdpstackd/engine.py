@@ -175,6 +175,10 @@ class Engine:
             if self._taps:
                 self._tap("in", frames)
             stack.receive_frames(frames, now)
+            if stack.tcp.ports_version != self._ports_version:
+                # at once, not in the epilogue up to 16 batches later: a listener that
+                # just overflowed (a SYN flood) hands its SYNs to XDP's cookies now
+                self._sync_steering()
             if self._tx_waiting:  # a burst of what waits for each batch received
                 assert self._flush_tx is not None
                 self._tx_waiting = self._flush_tx()
