@@ -146,8 +146,11 @@ class EstablishedSocket:
         self.limiter = limiter
         self.on_released = on_released
         self.qd: int | None = None
-        self.pending_pops: deque[tuple[int, int | None]] = deque()
-        self.pending_pushes: deque[list] = deque()  # [qt, data, offset]
+        # Memory per idle connection: an empty deque is 760 bytes, an empty list 56. Pops
+        # wait one or two at a time (a list); pushes can queue by the thousand (a deque,
+        # made when the first one has to wait and dropped when they are all through).
+        self.pending_pops: list[tuple[int, int | None]] = []
+        self.pending_pushes: deque[list] | None = None  # [qt, data, offset]
         self.close_requested = False
         self.released = False
         self._acked_this_round = False
@@ -265,7 +268,7 @@ class EstablishedSocket:
         if taken == len(data):
             self._complete(OpCode.PUSH, qt)
         else:
-            self.pending_pushes.append([qt, data, taken])
+            self.pending_pushes = deque(([qt, data, taken],))
         if taken:
             self._carry_out(A.SEND, now)
 
@@ -300,6 +303,7 @@ class EstablishedSocket:
             while self.pending_pushes:
                 qt = self.pending_pushes.popleft()[0]
                 self._complete(OpCode.PUSH, qt, errno_=errno.ECANCELED)
+            self.pending_pushes = None
         self.qd = None
         if cm.state is State.CLOSED:
             self._release()
@@ -449,7 +453,7 @@ class EstablishedSocket:
         rod = self.cb.rod
         pops = self.pending_pops
         while pops and (rod.recv_queue_bytes or rod.eof):
-            qt, size = pops.popleft()
+            qt, size = pops.pop(0)
             self._complete(OpCode.POP, qt, data=rod.pop(size) if rod.recv_queue_bytes else b"")
         if self.cb.fc.window_update_due(rod):
             return A.ACK_NOW
@@ -467,13 +471,15 @@ class EstablishedSocket:
                 break
             pushes.popleft()
             self._complete(OpCode.PUSH, qt)
+        if not pushes:
+            self.pending_pushes = None
         if not pushes and self.close_requested and not rod.fin_queued:
             actions = self.cb.cm.on_close() | rod.on_close()
             self._carry_out(actions | A.SEND, now)
 
     def _fail_pops(self, errno_: int) -> None:
         while self.pending_pops:
-            qt, _ = self.pending_pops.popleft()
+            qt, _ = self.pending_pops.pop(0)
             self._complete(OpCode.POP, qt, errno_=errno_)
 
     def _fail_pending(self, errno_: int) -> None:
@@ -481,6 +487,7 @@ class EstablishedSocket:
         while self.pending_pushes:
             qt = self.pending_pushes.popleft()[0]
             self._complete(OpCode.PUSH, qt, errno_=errno_)
+        self.pending_pushes = None
 
     def _release(self) -> None:
         if not self.released:
@@ -491,5 +498,5 @@ class EstablishedSocket:
         snap = self.cb.snapshot()
         snap["connection_management"]["qd"] = self.qd
         snap["ordered_delivery"]["pending_pops"] = len(self.pending_pops)
-        snap["ordered_delivery"]["pending_pushes"] = len(self.pending_pushes)
+        snap["ordered_delivery"]["pending_pushes"] = len(self.pending_pushes or ())
         return snap

@@ -92,7 +92,9 @@ class OrderedDelivery:
         self.irs = irs
         self.rcv_nxt = irs + 1
         self.rcv_acked = irs + 1  # RCV.NXT as of the last ACK we sent
-        self.recv_queue: deque[bytes] = deque()
+        # made on the first in-order bytes and dropped when the application has taken
+        # them all: an empty deque is 760 bytes, most of an idle connection's memory
+        self.recv_queue: deque[bytes] | None = None
         self.recv_queue_bytes = 0
         self.ooo: list[tuple[int, SeqNumber, bytes]] = []  # (offset from IRS, seq, data)
         self.ooo_bytes = 0
@@ -118,9 +120,11 @@ class OrderedDelivery:
     def pop(self, size: int | None) -> bytes:
         """Take up to ``size`` in-order bytes (all buffered when None)."""
         q = self.recv_queue
+        if not q:
+            return b""
         if size is None or size >= self.recv_queue_bytes:
             out = q[0] if len(q) == 1 else b"".join(q)
-            q.clear()
+            self.recv_queue = None
         else:
             parts = []
             need = size
@@ -249,7 +253,10 @@ class OrderedDelivery:
         actions = A.NONE
         if off == 0:
             if n:
-                self.recv_queue.append(bytes(payload))
+                q = self.recv_queue
+                if q is None:
+                    q = self.recv_queue = deque()
+                q.append(bytes(payload))
                 self.recv_queue_bytes += n
                 self.rcv_nxt = self.rcv_nxt + n
                 actions |= A.DELIVER
@@ -300,7 +307,10 @@ class OrderedDelivery:
             self.ooo_bytes -= len(data)
             if -off < len(data):
                 piece = data[-off:] if off else data
-                self.recv_queue.append(piece)
+                q = self.recv_queue
+                if q is None:
+                    q = self.recv_queue = deque()
+                q.append(piece)
                 self.recv_queue_bytes += len(piece)
                 self.rcv_nxt = self.rcv_nxt + len(piece)
                 actions |= A.DELIVER
