@@ -66,6 +66,7 @@ from typing import Any
 import pytest
 
 from xdpstackd.netns import (
+    InNetns,
     VethPair,
     cleanup_stale,
     create_veth_pair,
@@ -85,6 +86,7 @@ __all__ = [
     "require_netns",
     "veth_pair_factory_fixture",
     "veth_pair_fixture",
+    "xdp_attached",
 ]
 
 PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "tcp_peer.py"
@@ -372,6 +374,28 @@ def _cleanup_stale_once() -> None:
     if not _stale_cleaned:
         _stale_cleaned = True
         cleanup_stale()
+
+
+@contextlib.contextmanager
+def xdp_attached(
+    ns: str, ifname: str, source: str, function: str, cflags: list[str] | None = None
+) -> Iterator[None]:
+    """A test's own XDP program (bcc ``source``, entry ``function``), native, on ``ifname``
+    in ``ns`` while the block runs; detached and unloaded after, also on failure."""
+    from bcc import BPF
+
+    bpf = BPF(text=source.encode(), cflags=cflags or [])
+    try:
+        fn = bpf.load_func(function.encode(), BPF.XDP)
+        with InNetns(ns):
+            BPF.attach_xdp(ifname.encode(), fn, 0)
+        try:
+            yield
+        finally:
+            with InNetns(ns):
+                BPF.remove_xdp(ifname.encode(), 0)
+    finally:
+        bpf.cleanup()
 
 
 @contextlib.contextmanager

@@ -100,6 +100,7 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._ports_version = -1
+        self._flooded: frozenset[int] = frozenset()  # as last pushed to the XDP program
         self._steered: set[int] = set()
         self._running = False
         self._dirty = False  # an API call ran; its epilogue is scheduled
@@ -307,7 +308,7 @@ class Engine:
         self._steered = wanted
         # listeners whose SYN backlog overflows: the XDP program answers SYNs over its rate
         flooded = tcp.flooded_ports()
-        if flooded != getattr(self, "_flooded", frozenset()):
+        if flooded != self._flooded:
             if self.xdp is not None:
                 self.xdp.set_flooded(flooded)
             log.info("SYN backlog overflowing (SYN cookies) on ports: %s", sorted(flooded))

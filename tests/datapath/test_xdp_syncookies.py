@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import test_xdp_program
+from netfixtures import xdp_attached
 from test_xdp_program import (
     IP_A,
     IP_B,
@@ -41,7 +42,6 @@ from xdpstackd.inetstack.config import TcpConfig
 from xdpstackd.inetstack.layer4.tcp import syncookie
 from xdpstackd.inetstack.layer4.tcp.header import ACK, RST, SYN, TcpHeader, parse_tcp
 from xdpstackd.inetstack.layer4.tcp.peer import TcpPeer
-from xdpstackd.netns import InNetns
 
 PORT = 80
 ETH_P_ALL = 0x0003
@@ -122,20 +122,10 @@ def xdp_pass_on(ns: str, ifname: str) -> Iterator[None]:
     """An XDP program that passes everything, native, on ``ifname`` in ``ns``: a veth
     hands the frames its peer sends with ``XDP_TX`` (native mode) only to an end that runs
     XDP itself (veth_xdp_flush() wakes the peer's NAPI only then)."""
-    from bcc import BPF
-
-    bpf = BPF(text=b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }")
-    try:
-        fn = bpf.load_func(b"xdp_pass", BPF.XDP)
-        with InNetns(ns):
-            BPF.attach_xdp(ifname.encode(), fn, 0)
-        try:
-            yield
-        finally:
-            with InNetns(ns):
-                BPF.remove_xdp(ifname.encode(), 0)
-    finally:
-        bpf.cleanup()
+    with xdp_attached(
+        ns, ifname, "int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }", "xdp_pass"
+    ):
+        yield
 
 
 @pytest.fixture(autouse=True)

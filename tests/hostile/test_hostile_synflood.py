@@ -46,10 +46,8 @@ from hostile_wire import (
     syn_flood_frames,
     xdp_delta,
 )
-from netfixtures import kernel_tcp_server
+from netfixtures import kernel_tcp_server, xdp_attached
 from xdpd_harness import DaemonLab, DaemonProcess, wait_until
-
-from xdpstackd.netns import InNetns
 
 pytestmark = pytest.mark.integration
 
@@ -197,21 +195,9 @@ def peer_xdp(ns: str, ifname: str, peer_ip: str) -> Iterator[None]:
     """``_PEER_XDP`` on the peer's veth end (native). It also makes the veth deliver the
     frames the daemon's XDP program sends back with ``XDP_TX`` (its SYN cookies): in
     native mode a veth hands those only to an end that runs XDP itself."""
-    from bcc import BPF
-
     addr = int.from_bytes(socket.inet_aton(peer_ip), "little")  # __be32 as read on x86
-    bpf = BPF(text=_PEER_XDP.encode(), cflags=[f"-DPEER_ADDR={addr}U"])
-    try:
-        fn = bpf.load_func(b"peer_sink", BPF.XDP)
-        with InNetns(ns):
-            BPF.attach_xdp(ifname.encode(), fn, 0)
-        try:
-            yield
-        finally:
-            with InNetns(ns):
-                BPF.remove_xdp(ifname.encode(), 0)
-    finally:
-        bpf.cleanup()
+    with xdp_attached(ns, ifname, _PEER_XDP, "peer_sink", [f"-DPEER_ADDR={addr}U"]):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -180,37 +180,39 @@ class Session(asyncio.Protocol):
             return
         self._out.append(data)
         self._out_bytes += len(data)
-        self._eager = True
-        if self._out_bytes > self.server.write_hard_limit:
-            self._check_hard_limit(self.transport)
-        elif not self._corked and self._flush_handle is None:
-            self._flush_handle = self.server.loop.call_soon(self.flush)
+        self._queued_eager()
 
     def writelines(self, buffers: list[bytes]) -> None:
         """Queue frames given as buffers (a frame may span several)."""
         if self.closed or self.transport is None:
             return
-        out = self._out
-        for data in buffers:
-            out.append(data)
-            self._out_bytes += len(data)
-        self._eager = True
-        if self._out_bytes > self.server.write_hard_limit:
-            self._check_hard_limit(self.transport)
-        elif not self._corked and self._flush_handle is None:
-            self._flush_handle = self.server.loop.call_soon(self.flush)
+        self._extend(buffers)
+        self._queued_eager()
 
     def write_lazy(self, buffers: list[bytes]) -> None:
         """Queue frames nobody waits for as a rule: they go out with the next other frame,
         or after LAZY_FLUSH_S."""
         if self.closed or self.transport is None:
             return
+        self._extend(buffers)
+        if self._lazy_handle is None and not self._eager:
+            self._lazy_handle = self.server.loop.call_later(LAZY_FLUSH_S, self._flush_lazy)
+
+    def _extend(self, buffers: list[bytes]) -> None:
         out = self._out
         for data in buffers:
             out.append(data)
             self._out_bytes += len(data)
-        if self._lazy_handle is None and not self._eager:
-            self._lazy_handle = self.server.loop.call_later(LAZY_FLUSH_S, self._flush_lazy)
+
+    def _queued_eager(self) -> None:
+        """Frames somebody waits for were queued: flush at the end of this iteration
+        (unless corked), or drop a client whose unread output passed the hard limit."""
+        self._eager = True
+        if self._out_bytes > self.server.write_hard_limit:
+            assert self.transport is not None
+            self._check_hard_limit(self.transport)
+        elif not self._corked and self._flush_handle is None:
+            self._flush_handle = self.server.loop.call_soon(self.flush)
 
     def _flush_lazy(self) -> None:
         self._lazy_handle = None

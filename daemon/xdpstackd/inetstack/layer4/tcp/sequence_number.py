@@ -11,9 +11,12 @@ SeqNumbers) gives the signed distance from b to a, an int in (-2**31, 2**31].
 
 from __future__ import annotations
 
-_MOD = 1 << 32
-_MASK = _MOD - 1
-_HALF = 1 << 31
+#: The circle's size, mask and half: for hot paths that work on ``.value`` ints directly
+#: (``(a - b) & SEQ_MASK``, less ``SEQ_SPACE`` above ``SEQ_HALF``, is ``a.distance(b)``).
+SEQ_SPACE = 1 << 32
+SEQ_MASK = SEQ_SPACE - 1
+SEQ_HALF = 1 << 31
+_MOD, _MASK, _HALF = SEQ_SPACE, SEQ_MASK, SEQ_HALF
 
 
 class SeqNumber:

@@ -23,12 +23,9 @@ import bisect
 from collections import deque
 
 from xdpstackd.inetstack.layer4.tcp.established import actions as A
-from xdpstackd.inetstack.layer4.tcp.sequence_number import SeqNumber
+from xdpstackd.inetstack.layer4.tcp.sequence_number import SEQ_HALF, SEQ_MASK, SEQ_SPACE, SeqNumber
 
 # the per-segment receive path does SeqNumber.distance's arithmetic inline
-_SEQ_SPACE = 1 << 32
-_SEQ_MASK = _SEQ_SPACE - 1
-_SEQ_HALF = 1 << 31
 
 
 class OrderedDelivery:
@@ -233,9 +230,9 @@ class OrderedDelivery:
     ) -> int:
         """An acceptable segment's text and FIN (RFC 9293 3.10.7.4, seventh/eighth steps)."""
         n = len(payload)
-        off = (seq.value - self.rcv_nxt.value) & _SEQ_MASK  # seq.distance(rcv_nxt), inline
-        if off > _SEQ_HALF:
-            off -= _SEQ_SPACE
+        off = (seq.value - self.rcv_nxt.value) & SEQ_MASK  # seq.distance(rcv_nxt), inline
+        if off > SEQ_HALF:
+            off -= SEQ_SPACE
         if off < 0:  # starts left of RCV.NXT: trim what we already have
             if -off >= n:
                 if fin and -off == n and self.recv_fin_seq is None and not self.eof:
@@ -277,7 +274,7 @@ class OrderedDelivery:
         if n:
             # RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3: ACK at least every second full segment
             # (at once, or at the end of the receive batch: see EstablishedSocket)
-            if 2 * mss <= (self.rcv_nxt.value - self.rcv_acked.value) & _SEQ_MASK <= _SEQ_HALF:
+            if 2 * mss <= (self.rcv_nxt.value - self.rcv_acked.value) & SEQ_MASK <= SEQ_HALF:
                 actions |= A.ACK_DUE
             else:
                 actions |= A.ACK_DELAYED

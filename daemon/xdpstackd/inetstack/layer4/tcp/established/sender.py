@@ -18,10 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from xdpstackd.inetstack.layer4.tcp.header import ACK, FIN, PSH
-
-_SEQ_SPACE = 1 << 32
-_SEQ_MASK = _SEQ_SPACE - 1
-_SEQ_HALF = 1 << 31
+from xdpstackd.inetstack.layer4.tcp.sequence_number import SEQ_HALF, SEQ_MASK, SEQ_SPACE
 
 if TYPE_CHECKING:
     from xdpstackd.inetstack.layer4.tcp.established.established_socket import (
@@ -45,9 +42,9 @@ def send_pending(sock: EstablishedSocket, now: float) -> int:
     burst = 0  # data segments sent through the flow
     sent = 0
     while True:
-        flight = (rod.snd_nxt.value - una) & _SEQ_MASK  # rod.snd_nxt.distance(snd_una)
-        if flight > _SEQ_HALF:
-            flight -= _SEQ_SPACE
+        flight = (rod.snd_nxt.value - una) & SEQ_MASK  # rod.snd_nxt.distance(snd_una)
+        if flight > SEQ_HALF:
+            flight -= SEQ_SPACE
         buffered = len(rod.send_buf)
         avail = buffered - flight  # bytes not yet (re)sent; negative once the FIN is out
         if avail > 0:
